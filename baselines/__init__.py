@@ -1,0 +1,1 @@
+"""Baseline models written from scratch (one module per family); importing registers them."""

@@ -1,0 +1,1 @@
+"""Studies: suites, runner, results store, reports and the command-line entry points."""
