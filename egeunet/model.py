@@ -44,6 +44,7 @@ class EGEUNetConfig:
             ``gt_ds=False`` branch intended (it crashes there). The model returns no aux maps.
         unsupervised_heads: only with ``deep_supervision=False``: keep the five heads and feed
             their logits to the GABs as masks, but return no side outputs (so no side loss).
+            Needs ``gab_mask=True`` and all five GAB stages on (else a head would feed nothing).
         ds_weights: loss weights of the side outputs, deepest (p5, 8x8 head) to shallowest
             (p1, 128x128 head); official (0.1, 0.2, 0.3, 0.4, 0.5).
         final_weight: loss weight of the final map (official 1.0).
@@ -75,6 +76,11 @@ class EGEUNetConfig:
             raise ValueError(f"ds_weights must be 5 non-negative numbers, got {self.ds_weights}")
         if self.unsupervised_heads and self.deep_supervision:
             raise ValueError("unsupervised_heads applies only with deep_supervision=False")
+        if self.unsupervised_heads and not (self.gab_mask and all(self.active_gabs)):
+            # Without a loss, a head only matters through its GAB mask (gt_convK feeds GAB{6-K}):
+            # with gab_mask=False or a GAB stage off some heads would be dead, gradient-free weights.
+            raise ValueError("unsupervised_heads needs gab_mask=True and all five GAB stages on "
+                             "(otherwise a head's logits feed nothing)")
         bad = [c for c in self.widths if c % 4]
         if bad:
             raise ValueError(f"widths {self.widths}: {bad} not divisible by 4 (GroupNorm(4, C))")
