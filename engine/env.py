@@ -1,0 +1,117 @@
+"""Run environment: code version, library versions, device; seeding and RNG state capture.
+
+``collect_env`` feeds ``env.json`` of every run record (PROTOCOL §9 R1: every run is defined by a
+stored config, seed, code version and environment).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import random
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["collect_env", "git_info", "seed_everything", "capture_rng", "restore_rng", "derived_seed"]
+
+_REPO = Path(__file__).resolve().parents[1]
+
+
+def git_info(repo: str | os.PathLike | None = None) -> dict[str, Any]:
+    """``{"commit": sha | None, "dirty": bool | None}`` of the checkout holding this package."""
+    cwd = str(repo or _REPO)
+
+    def run(*args: str) -> str | None:
+        try:
+            res = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return res.stdout if res.returncode == 0 else None
+
+    commit = run("rev-parse", "HEAD")
+    if commit is None:
+        return {"commit": None, "dirty": None}
+    status = run("status", "--porcelain")  # untracked, non-ignored files count: they may be code
+    return {"commit": commit.strip(), "dirty": None if status is None else bool(status.strip())}
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def collect_env(device: str | torch.device = "cpu", threads: int | None = None) -> dict[str, Any]:
+    """Versions, device and host facts for ``env.json``."""
+    dev = torch.device(device)
+    info: dict[str, Any] = {
+        **{f"git_{k}": v for k, v in git_info().items()},
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+        "hostname": socket.gethostname(),
+        "device": str(dev),
+        "device_name": _cpu_name(),
+        "threads": int(threads if threads is not None else torch.get_num_threads()),
+        "cpu_count": os.cpu_count(),
+        "cuda_version": torch.version.cuda,
+        "cudnn_version": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "time_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "argv": list(sys.argv),
+    }
+    if dev.type == "cuda" and torch.cuda.is_available():
+        info["device_name"] = torch.cuda.get_device_name(dev)
+    return info
+
+
+def derived_seed(seed: int, stream: str) -> int:
+    """A stable 63-bit seed for a named random stream of a run (``data``, ``augment``, ...)."""
+    import hashlib
+
+    digest = hashlib.sha256(f"{int(seed)}:{stream}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA) global generators."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def capture_rng() -> dict[str, Any]:
+    """Global RNG states in a form ``torch.load(weights_only=True)`` accepts."""
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": {"kind": np_state[0], "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+                  "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "cached": float(np_state[4])},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    """Inverse of :func:`capture_rng`."""
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,87 @@
+"""Losses of the official recipe (PROTOCOL §4): BceDice and the deep-supervised GT-BceDice.
+
+Every model returns logits (:class:`egeunet.contract.SegOutput`); the sigmoid is applied here.
+
+BCE is computed with :func:`torch.nn.functional.binary_cross_entropy_with_logits` (mean over all
+elements of the batch). It equals the official ``nn.BCELoss()(sigmoid(x), t)`` except where the
+official one saturates: ``BCELoss`` clamps ``log`` at -100, and in float32 ``sigmoid(x)`` rounds to
+exactly 1 (or to a denormal / 0) for ``|x|`` beyond roughly 17 (88), so the official per-element
+loss caps at 100 / jumps while the logits form stays exact (``softplus``). For ``|x| <= 15`` the two
+agree to 1e-4 relative in float32 (the probability form loses precision as ``1 - p`` nears float32
+resolution) and to 1e-9 in float64 (tested). The logits form is used because it is numerically stable and
+its gradient never vanishes through a saturated sigmoid.
+
+Dice (per sample, smooth 1): ``1 - mean_b (2 * sum(p*t) + 1) / (sum(p) + sum(t) + 1)``.
+``BceDice = wb * BCE + wd * Dice`` with ``wb = wd = 1`` officially. Targets may be soft (the
+official pipeline resizes masks bilinearly); both terms accept values in [0, 1].
+
+Half-precision logits (AMP) are upcast, so the loss is always computed in float32 or wider.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from egeunet.contract import SegOutput, as_seg_output
+
+__all__ = ["BceDice", "bce_dice", "model_loss"]
+
+
+def _as_nchw(x: Tensor) -> Tensor:
+    return x.unsqueeze(1) if x.dim() == 3 else x
+
+
+def bce_dice(logits: Tensor, target: Tensor, *, wb: float = 1.0, wd: float = 1.0, smooth: float = 1.0) -> Tensor:
+    """``wb * BCE + wd * Dice`` of ``logits`` (B x 1 x H x W or B x H x W) against ``target`` in [0, 1]."""
+    logits = _as_nchw(logits)
+    if logits.dtype in (torch.float16, torch.bfloat16):  # AMP outputs: compute the loss in float32
+        logits = logits.float()
+    target = _as_nchw(target).to(logits.dtype)
+    if logits.shape != target.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} and target {tuple(target.shape)} differ in shape")
+    bce = F.binary_cross_entropy_with_logits(logits, target)  # mean over all B*C*H*W elements
+    p = torch.sigmoid(logits).flatten(1)
+    t = target.flatten(1)
+    dice_coef = (2.0 * (p * t).sum(1) + smooth) / (p.sum(1) + t.sum(1) + smooth)
+    dice = 1.0 - dice_coef.mean()
+    return wb * bce + wd * dice
+
+
+class BceDice(nn.Module):
+    """The official BceDice loss (PROTOCOL §4) on logits; see the module docstring."""
+
+    def __init__(self, wb: float = 1.0, wd: float = 1.0, smooth: float = 1.0) -> None:
+        super().__init__()
+        self.wb, self.wd, self.smooth = float(wb), float(wd), float(smooth)
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        return bce_dice(logits, target, wb=self.wb, wd=self.wd, smooth=self.smooth)
+
+
+def model_loss(output: SegOutput | Tensor | tuple, target: Tensor, weights: Sequence[float],
+               criterion: nn.Module | None = None) -> Tensor:
+    """``sum_i weights[i] * BceDice(map_i, target)`` over ``(output.logits, *output.aux)``.
+
+    ``weights`` is ``model.loss_weights`` (EGE-UNet: ``(1.0, 0.1, 0.2, 0.3, 0.4, 0.5)``, i.e. the
+    GT-BceDice of PROTOCOL §4 with the final map first and the side outputs deepest first). Maps with
+    weight 0 are skipped (so a non-finite side output with zero weight cannot poison the sum).
+    """
+    out = as_seg_output(output)
+    maps = (out.logits, *out.aux)
+    weights = tuple(float(w) for w in weights)
+    if len(weights) != len(maps):
+        raise ValueError(f"{len(weights)} loss weights for {len(maps)} output maps (logits + {len(out.aux)} aux)")
+    crit = criterion if criterion is not None else BceDice()
+    total: Tensor | None = None
+    for w, m in zip(weights, maps):
+        if w == 0.0:
+            continue
+        term = w * crit(m, target)
+        total = term if total is None else total + term
+    if total is None:  # all weights zero: a zero that still depends on the graph
+        total = out.logits.float().sum() * 0.0
+    return total

@@ -1,0 +1,252 @@
+"""Run records: one folder per run, ``<results_dir>/runs/<config_hash>/``.
+
+Layout (ARCHITECTURE.md)::
+
+    config.json       the full resolved RunConfig (written first)
+    env.json          code version (git commit + dirty flag), versions, device, threads, host
+    history.csv       one row per completed epoch: epoch, train_loss, val_loss, val_<metric>..., lr, seconds
+    metrics.json      final test metrics in every convention, the selected epoch, external tests
+    per_image.csv     dataset, split, id, tn, fp, fn, tp, dsc, iou (test split and external tests)
+    complexity.json   params (+ MACs etc. from engine.profile when available)
+    checkpoints/latest.pt   resume state, rewritten atomically at the end of every epoch
+    checkpoints/best.pt     weights of the selected epoch
+    status.json       {"status": "done" | "failed", "reason": ...}: written LAST
+
+Every file is written atomically (temporary file in the same folder + ``os.replace``), so a
+reader sees either the old or the new complete file. A record without ``status.json`` is
+unfinished (running, killed or crashed) and is resumed by ``engine.train.run_training``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+
+__all__ = [
+    "STATUS_FILE", "FINISHED_STATUSES", "record_dir_for", "atomic_write_bytes", "atomic_write_text",
+    "atomic_write_json", "atomic_write_csv", "atomic_torch_save", "read_json", "write_status", "read_status",
+    "is_finished", "load_record", "RunRecord", "jsonable",
+]
+
+STATUS_FILE = "status.json"
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+FINISHED_STATUSES = ("done", "failed")
+
+
+def record_dir_for(results_dir: str | os.PathLike, config_hash: str) -> Path:
+    return Path(results_dir) / "runs" / config_hash
+
+
+# ------------------------------------------------------------------------------ atomic writes
+def _atomic_write(path: Path, writer: Callable[[Any], None], binary: bool) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; use the usual permissions
+        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8", "newline": ""})) as f:
+            writer(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    _atomic_write(Path(path), lambda f: f.write(data), binary=True)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    _atomic_write(Path(path), lambda f: f.write(text), binary=False)
+
+
+def jsonable(obj: Any) -> Any:
+    """Plain-JSON form: tuples -> lists, numpy scalars -> Python, non-finite floats -> None, paths -> str."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, (str, bool)) or obj is None:
+        return obj
+    if isinstance(obj, int):
+        return int(obj)
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if hasattr(obj, "item") and callable(obj.item):  # numpy / torch scalars
+        return jsonable(obj.item())
+    if hasattr(obj, "tolist"):
+        return jsonable(obj.tolist())
+    raise TypeError(f"cannot write {type(obj).__name__} to JSON")
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    text = json.dumps(jsonable(obj), indent=2, sort_keys=True, allow_nan=False) + "\n"  # serialise before touching disk
+    atomic_write_text(path, text)
+
+
+def atomic_write_csv(path: str | os.PathLike, rows: Iterable[dict[str, Any]], columns: Sequence[str]) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="raise", lineterminator="\n")
+    w.writeheader()
+    for row in rows:
+        w.writerow({k: _csv_value(v) for k, v in row.items()})
+    atomic_write_text(path, buf.getvalue())
+
+
+def _csv_value(v: Any) -> Any:
+    if isinstance(v, float):
+        return repr(v)  # shortest round-trip form
+    return v
+
+
+def atomic_torch_save(path: str | os.PathLike, obj: Any) -> None:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+# ------------------------------------------------------------------------------ status
+def write_status(record_dir: str | os.PathLike, status: str, reason: str | None = None, **extra: Any) -> None:
+    """Write ``status.json``; call it only after every other file of the record is complete."""
+    if status not in FINISHED_STATUSES:
+        raise ValueError(f"status must be one of {FINISHED_STATUSES}, got {status!r}")
+    atomic_write_json(Path(record_dir) / STATUS_FILE, {"status": status, "reason": reason, **extra})
+
+
+def read_status(record_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The parsed ``status.json``, or None when the record is unfinished (absent or unreadable)."""
+    path = Path(record_dir) / STATUS_FILE
+    try:
+        status = read_json(path)
+    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    if not isinstance(status, dict) or status.get("status") not in FINISHED_STATUSES:
+        return None
+    return status
+
+
+def is_finished(record_dir: str | os.PathLike) -> bool:
+    """True when the record holds a valid ``status.json`` (``done`` or ``failed``)."""
+    return read_status(record_dir) is not None
+
+
+# ------------------------------------------------------------------------------ loading
+@dataclass
+class RunRecord:
+    """The files of one run record (missing files are None / empty)."""
+
+    record_dir: Path
+    status: dict[str, Any] | None
+    config: dict[str, Any] | None
+    env: dict[str, Any] | None
+    metrics: dict[str, Any] | None
+    complexity: dict[str, Any] | None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    per_image: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def finished(self) -> bool:
+        return self.status is not None
+
+    @property
+    def config_hash(self) -> str:
+        return self.record_dir.name
+
+    def history_frame(self):
+        import pandas as pd
+
+        return pd.DataFrame(self.history)
+
+    def per_image_frame(self):
+        import pandas as pd
+
+        return pd.DataFrame(self.per_image)
+
+    @property
+    def best_checkpoint(self) -> Path:
+        return self.record_dir / "checkpoints" / "best.pt"
+
+    @property
+    def latest_checkpoint(self) -> Path:
+        return self.record_dir / "checkpoints" / "latest.pt"
+
+
+def _maybe_json(path: Path) -> Any:
+    try:
+        return read_json(path)
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+_STRING_COLUMNS = frozenset({"dataset", "split", "id"})
+
+
+def _read_csv(path: Path) -> list[dict[str, Any]]:
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            rows = list(csv.DictReader(f))
+    except FileNotFoundError:
+        return []
+    return [{k: v if k in _STRING_COLUMNS else _parse_cell(v) for k, v in r.items()} for r in rows]
+
+
+def _parse_cell(v: str) -> Any:
+    for cast in (int, float):
+        try:
+            return cast(v)
+        except (TypeError, ValueError):
+            pass
+    return v
+
+
+def load_record(record_dir: str | os.PathLike) -> RunRecord:
+    """Read every file of a run record (finished or not)."""
+    d = Path(record_dir)
+    if not d.is_dir():
+        raise FileNotFoundError(f"no run record at {d}")
+    return RunRecord(
+        record_dir=d,
+        status=read_status(d),
+        config=_maybe_json(d / "config.json"),
+        env=_maybe_json(d / "env.json"),
+        metrics=_maybe_json(d / "metrics.json"),
+        complexity=_maybe_json(d / "complexity.json"),
+        history=_read_csv(d / "history.csv"),
+        per_image=_read_csv(d / "per_image.csv"),
+    )

@@ -1,0 +1,503 @@
+"""The results store: run records, per-run locks, suite manifests and the aggregated results table.
+
+Layout under a results folder (default ``results/``)::
+
+    runs/<config_hash>/      the engine's run record (shared by every suite; status.json written last)
+    locks/<config_hash>.lock held (fcntl.flock) by whichever runner is executing that run
+    profiles/<model>-256.json CPU latency of a model (measured once per results folder)
+    runs_failed/<hash>-<t>/  records of failed runs moved aside before a retry
+    <suite>/manifest.jsonl   every run ever requested under that suite (one line per config hash)
+    <suite>/results.csv      one row per finished run of the manifest, rebuilt from the run records
+    <suite>/results.parquet  the same table
+
+Locks live outside the record folders so that the engine may create, clean or replace a record
+without touching a lock in use. ``flock`` locks belong to the open file: the OS drops them when the
+holder dies, even by SIGKILL, so a killed runner never leaves a stale lock behind.
+"""
+
+from __future__ import annotations
+
+import csv
+import fcntl
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+
+from studies.suites import BUDGETS, RunSpec, Suite, get_suite
+
+METRIC_COLUMNS = (
+    "pooled_miou",
+    "pooled_dsc",
+    "pooled_acc",
+    "pooled_sen",
+    "pooled_spe",
+    "per_image_dsc_mean",
+    "per_image_dsc_std",
+    "per_image_iou_mean",
+    "per_image_iou_std",
+    "isic_tjaccard",
+)
+
+TABLE_COLUMNS = (
+    "suite",
+    "variant",
+    "model",
+    "dataset",
+    "protocol",
+    "budget",
+    "seed",
+    "params",
+    "gmacs",
+    "flop_counter_gmacs",
+    "latency_ms",
+    *METRIC_COLUMNS,
+    "best_epoch",
+    "epochs",
+    "wall_s",
+    "status",
+    "reason",
+    "config_hash",
+    "commit",
+    "synthetic",
+)
+
+# ----------------------------------------------------------------------------------------- engine glue
+
+
+def make_config(spec: RunSpec) -> Any:
+    """The engine's ``RunConfig`` of one suite run (the recipe follows from the budget)."""
+    from engine.train import RunConfig
+
+    return RunConfig(
+        model=spec.model,
+        model_overrides={},
+        dataset=spec.dataset,
+        protocol=spec.protocol,
+        budget=spec.budget,
+        seed=spec.seed,
+    )
+
+
+def config_hash(cfg: Any) -> str:
+    return str(cfg.config_hash())
+
+
+# ---------------------------------------------------------------------------------------------- paths
+
+
+def runs_dir(results: str | os.PathLike) -> Path:
+    return Path(results) / "runs"
+
+
+def run_dir(results: str | os.PathLike, chash: str) -> Path:
+    return runs_dir(results) / chash
+
+
+def lock_path(results: str | os.PathLike, chash: str) -> Path:
+    return Path(results) / "locks" / f"{chash}.lock"
+
+
+def suite_dir(results: str | os.PathLike, suite: str) -> Path:
+    return Path(results) / suite
+
+
+# --------------------------------------------------------------------------------------------- status
+
+
+@dataclass(frozen=True)
+class RecordStatus:
+    status: str  # "done" | "failed"
+    reason: str | None
+    mtime: float
+
+
+def read_status(record: Path) -> RecordStatus | None:
+    """The record's ``status.json``, or None while the run is unfinished (or never started)."""
+    p = Path(record) / "status.json"
+    try:
+        st = p.stat()
+        data = json.loads(p.read_text())
+    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError, UnicodeDecodeError, OSError):
+        return None
+    if not isinstance(data, dict) or data.get("status") not in ("done", "failed"):
+        return None  # as engine.record.read_status: anything else is an unfinished record
+    return RecordStatus(str(data["status"]), data.get("reason"), st.st_mtime)
+
+
+def is_done(record: Path) -> bool:
+    st = read_status(record)
+    return st is not None and st.status == "done"
+
+
+def run_state(results: str | os.PathLike, chash: str) -> str:
+    """One word: ``done``, ``failed``, ``running`` (locked by a live runner), ``partial`` (interrupted,
+    will resume) or ``todo``."""
+    rec = run_dir(results, chash)
+    st = read_status(rec)
+    if st is not None:
+        return "done" if st.status == "done" else "failed"
+    if is_locked(results, chash):
+        return "running"
+    return "partial" if rec.exists() else "todo"
+
+
+def move_failed_aside(results: str | os.PathLike, chash: str) -> Path | None:
+    """Move a failed record to ``runs_failed/`` so that a retry starts clean (call with the lock held)."""
+    rec = run_dir(results, chash)
+    if not rec.exists():
+        return None
+    dest = Path(results) / "runs_failed" / f"{chash}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(rec), str(dest))
+    return dest
+
+
+# ---------------------------------------------------------------------------------------------- locks
+
+
+class RunLock:
+    """An exclusive per-run lock: ``fcntl.flock`` on ``locks/<hash>.lock``, released by the OS if the
+    holder dies. Not re-entrant; one instance per attempt."""
+
+    def __init__(self, results: str | os.PathLike, chash: str):
+        self.path = lock_path(results, chash)
+        self._fd: int | None = None
+
+    def acquire(self, blocking: bool = False, timeout: float | None = None) -> bool:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking and deadline is None else fcntl.LOCK_NB))
+                break
+            except BlockingIOError:
+                if not blocking or (deadline is not None and time.monotonic() >= deadline):
+                    os.close(fd)
+                    return False
+                time.sleep(0.2)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()} {os.uname().nodename} {time.time():.0f}\n".encode())
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        if self._fd is not None:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+            finally:
+                os.close(self._fd)
+                self._fd = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def __enter__(self) -> "RunLock":
+        self.acquire(blocking=True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def is_locked(results: str | os.PathLike, chash: str) -> bool:
+    p = lock_path(results, chash)
+    if not p.exists():
+        return False
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
+# ------------------------------------------------------------------------------------------- manifest
+
+
+@dataclass(frozen=True)
+class ManifestEntry:
+    config_hash: str
+    model: str
+    dataset: str
+    protocol: str
+    budget: str
+    seed: int
+
+
+def _manifest_path(results: str | os.PathLike, suite: str) -> Path:
+    return suite_dir(results, suite) / "manifest.jsonl"
+
+
+class _FileLock:
+    """A short blocking flock on a side file (for appends and table writes)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __enter__(self) -> "_FileLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+
+
+def read_manifest(results: str | os.PathLike, suite: str) -> list[ManifestEntry]:
+    p = _manifest_path(results, suite)
+    if not p.exists():
+        return []
+    out: dict[str, ManifestEntry] = {}
+    for line in p.read_text().splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            e = ManifestEntry(**json.loads(line))
+        except (json.JSONDecodeError, TypeError):
+            continue  # a torn last line of a killed writer
+        out.setdefault(e.config_hash, e)
+    return list(out.values())
+
+
+def add_to_manifest(results: str | os.PathLike, suite: str, entries: Iterable[ManifestEntry]) -> None:
+    """Append the entries whose hash is not yet in the suite's manifest."""
+    p = _manifest_path(results, suite)
+    with _FileLock(p.with_name(".manifest.lock")):
+        known = {e.config_hash for e in read_manifest(results, suite)}
+        new = [e for e in entries if e.config_hash not in known and not known.add(e.config_hash)]
+        if new:
+            with open(p, "a") as f:
+                for e in new:
+                    f.write(json.dumps(asdict(e)) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+
+
+# -------------------------------------------------------------------------------------------- latency
+
+LATENCY_SIZE = 256
+
+
+def latency_path(results: str | os.PathLike, model: str, size: int = LATENCY_SIZE) -> Path:
+    return Path(results) / "profiles" / f"{model}-{size}.json"
+
+
+def read_latency_ms(results: str | os.PathLike, model: str, size: int = LATENCY_SIZE) -> float:
+    """The cached CPU latency (median ms, batch 1) of ``model``, NaN when not measured."""
+    return _as_float(_read_json(latency_path(results, model, size)).get("latency_ms_median"))
+
+
+def measure_latency(results: str | os.PathLike, model: str, *, threads: int = 1,
+                    size: int = LATENCY_SIZE) -> float | None:
+    """Measure ``model``'s CPU latency with ``engine.profile.profile_model`` and cache it under
+    ``profiles/`` (once per model and results folder). Returns the median in ms, or None when another
+    runner is measuring it right now."""
+    from engine.profile import profile_model
+
+    path = latency_path(results, model, size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return None
+        cached = read_latency_ms(results, model, size)
+        if not math.isnan(cached):
+            return cached
+        row = profile_model(model, size=size, device="cpu", threads=threads, latency=True,
+                            batch_throughput=0, counters=())
+        row.update(measured_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), host=os.uname().nodename)
+        text = json.dumps({k: v for k, v in row.items() if isinstance(v, (str, int, float, bool, type(None)))},
+                          indent=2, sort_keys=True)
+        _atomic_write(path, lambda p: Path(p).write_text(text + "\n"))
+        return _as_float(row.get("latency_ms_median"))
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------------------------------------- table
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+        return data if isinstance(data, dict) else {}
+    except (FileNotFoundError, json.JSONDecodeError, OSError):
+        return {}
+
+
+def _pick(d: dict[str, Any], *keys: str) -> Any:
+    for k in keys:
+        if k in d and d[k] is not None:
+            return d[k]
+    return None
+
+
+def _test_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The held-out (test) summary of ``metrics.json``, whether flat or nested by split."""
+    if any(k in metrics for k in METRIC_COLUMNS):
+        return metrics
+    for key in ("test", "final", "eval", "val"):
+        sub = metrics.get(key)
+        if isinstance(sub, dict) and any(k in sub for k in METRIC_COLUMNS):
+            return sub
+    return {}
+
+
+def _history_epochs(record: Path) -> int | None:
+    p = record / "history.csv"
+    try:
+        with open(p, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except (FileNotFoundError, OSError):
+        return None
+    if not rows:
+        return 0
+    if "epoch" in rows[0]:
+        try:
+            return max(int(float(r["epoch"])) for r in rows if r.get("epoch") not in (None, ""))
+        except ValueError:
+            pass
+    return len(rows)
+
+
+def _as_float(x: Any) -> float:
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def record_row(record: Path) -> dict[str, Any]:
+    """The table fields found in one finished run record (missing ones are NaN / None).
+
+    ``gmacs`` is the legacy-thop MAC count in G (the papers' "GFLOPs"); ``flop_counter_gmacs`` is
+    ``torch.utils.flop_counter`` FLOPs / 2 (PROTOCOL section 6).
+    """
+    status = _read_json(record / "status.json")
+    metrics = _read_json(record / "metrics.json")
+    comp = _read_json(record / "complexity.json")
+    env = _read_json(record / "env.json")
+    test = _test_metrics(metrics)
+
+    row: dict[str, Any] = {m: _as_float(test.get(m)) for m in METRIC_COLUMNS}
+    thop = _pick(comp, "thop_macs")
+    fc_flops = _pick(comp, "flopcounter_flops")
+    params = _pick(comp, "params")
+    if params is None:
+        params = _pick(metrics, "params")
+    commit = _pick(env, "git_commit", "commit")
+    if commit is not None and env.get("git_dirty"):
+        commit = f"{commit}+dirty"
+    row.update(
+        params=int(params) if params is not None else None,
+        gmacs=_as_float(thop) / 1e9 if thop is not None else math.nan,
+        flop_counter_gmacs=_as_float(fc_flops) / 2e9 if fc_flops is not None else math.nan,
+        latency_ms=_as_float(_pick(comp, "latency_ms_median")),
+        best_epoch=_pick(metrics, "best_epoch"),
+        epochs=_pick(metrics, "epochs"),
+        wall_s=_as_float(_pick(metrics, "wall_s") or _pick(status, "wall_s")),
+        status=status.get("status"),
+        reason=status.get("reason"),
+        commit=commit,
+        synthetic=_pick(metrics, "synthetic"),
+    )
+    if row["epochs"] is None:
+        row["epochs"] = _history_epochs(record)
+    return row
+
+
+def build_table(results: str | os.PathLike, suite: Suite | str) -> pd.DataFrame:
+    """One row per finished run in the suite's manifest, rebuilt from the run records (never duplicated)."""
+    s = get_suite(suite) if isinstance(suite, str) else suite
+    order = {m: i for i, m in enumerate(s.all_variants())}
+    latency: dict[str, float] = {}
+    rows = []
+    for e in read_manifest(results, s.name):
+        rec = run_dir(results, e.config_hash)
+        if read_status(rec) is None:
+            continue
+        row: dict[str, Any] = dict(
+            suite=s.name,
+            variant=s.label(e.model),
+            model=e.model,
+            dataset=e.dataset,
+            protocol=e.protocol,
+            budget=e.budget,
+            seed=e.seed,
+            config_hash=e.config_hash,
+        )
+        row.update(record_row(rec))
+        if math.isnan(row["latency_ms"]):
+            row["latency_ms"] = latency.setdefault(e.model, read_latency_ms(results, e.model))
+        if row["synthetic"] is None:
+            row["synthetic"] = e.dataset == "synthetic"
+        rows.append(row)
+    df = pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
+    if len(df):
+        bidx = {b: i for i, b in enumerate(BUDGETS)}
+        df = (
+            df.assign(
+                _b=df["budget"].map(bidx),
+                _m=df["model"].map(lambda m: order.get(m, len(order))),
+            )
+            .sort_values(["_b", "protocol", "dataset", "_m", "seed"], kind="stable")
+            .drop(columns=["_b", "_m"])
+            .reset_index(drop=True)
+        )
+    df["seed"] = df["seed"].astype("int64")
+    df["params"] = df["params"].astype("Int64")
+    for c in ("best_epoch", "epochs"):
+        df[c] = pd.to_numeric(df[c], errors="coerce").astype("Int64")
+    for c in ("gmacs", "flop_counter_gmacs", "latency_ms", "wall_s", *METRIC_COLUMNS):
+        df[c] = pd.to_numeric(df[c], errors="coerce").astype("float64")
+    df["synthetic"] = df["synthetic"].astype("boolean")
+    for c in ("suite", "variant", "model", "dataset", "protocol", "budget", "status", "reason",
+              "config_hash", "commit"):
+        df[c] = df[c].astype("string")
+    return df
+
+
+def _atomic_write(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def write_table(results: str | os.PathLike, suite: Suite | str) -> tuple[pd.DataFrame, Path]:
+    """Rebuild the suite's table from the run records and write ``results.csv`` / ``results.parquet``
+    atomically (temp file + ``os.replace``). Returns the table and the csv path."""
+    s = get_suite(suite) if isinstance(suite, str) else suite
+    d = suite_dir(results, s.name)
+    d.mkdir(parents=True, exist_ok=True)
+    with _FileLock(d / ".table.lock"):
+        df = build_table(results, s)
+        _atomic_write(d / "results.csv", lambda p: df.to_csv(p, index=False))
+        _atomic_write(d / "results.parquet", lambda p: df.to_parquet(p, index=False))
+    return df, d / "results.csv"

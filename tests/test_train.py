@@ -1,0 +1,244 @@
+"""Training engine: recipe, budgets, config hash, run records, determinism, failures, evaluation."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from engine.record import is_finished, load_record, read_status
+from engine.train import BUDGETS, HISTORY_COLUMNS, Recipe, RunConfig, lr_at_epoch, run_training
+
+THREADS = 1
+FAST = {"threads": THREADS, "progress": False, "profile": False}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Evaluation in the test process also uses one thread (2 shared cores: oversubscription is slow)."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    yield
+    torch.set_num_threads(prev)
+
+
+# ---------------------------------------------------------------- recipe, schedule, budgets, config
+def test_recipe_defaults_are_the_official_code():
+    r = Recipe()
+    assert (r.lr, r.weight_decay, r.betas, r.eps) == (1e-3, 1e-2, (0.9, 0.999), 1e-8)
+    assert (r.t_max, r.eta_min, r.epochs, r.batch_size, r.size) == (50, 1e-5, 300, 8, 256)
+    assert r.amp and not r.paper_quirks and r.selection == "val_loss"
+    assert BUDGETS["paper"].apply(Recipe()) == Recipe()
+
+
+def test_periodic_cosine_schedule_matches_protocol():
+    r = Recipe()
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.AdamW([p], lr=r.lr, weight_decay=r.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=r.t_max, eta_min=r.eta_min)
+    lrs = []
+    for _ in range(r.epochs):  # the lr used in epoch e, then one step after the epoch
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[1] == pytest.approx(0.0009990232305719944, abs=1e-15)  # epoch 2, the author's log
+    for e in (1, 101, 201):
+        assert lrs[e - 1] == pytest.approx(1e-3, abs=1e-12)
+    for e in (51, 151, 251):
+        assert lrs[e - 1] == pytest.approx(1e-5, abs=1e-12)
+    assert lrs[299] == pytest.approx(9.990e-4, abs=1e-6)
+    assert max(abs(lr - lr_at_epoch(r, e + 1)) for e, lr in enumerate(lrs)) < 1e-15
+
+
+def test_budgets_and_overrides():
+    assert set(BUDGETS) == {"smoke", "cpu", "paper"}
+    smoke = RunConfig(dataset="synthetic", budget="smoke").resolved_recipe()
+    assert smoke.size == 64 and smoke.epochs <= 3
+    cpu = RunConfig(budget="cpu").resolved_recipe()
+    assert cpu.size % 32 == 0 and cpu.epochs >= 30 and cpu.lr == 1e-3
+    over = RunConfig(budget="cpu", recipe={"epochs": 7, "betas": [0.5, 0.9]}).resolved_recipe()
+    assert over.epochs == 7 and over.betas == (0.5, 0.9) and over.size == cpu.size
+    with pytest.raises(ValueError, match="unknown recipe field"):
+        RunConfig(recipe={"learning_rate": 1})
+    with pytest.raises(ValueError):
+        RunConfig(budget="huge")
+    with pytest.raises(ValueError):
+        RunConfig(protocol="weird")
+    assert RunConfig(protocol="official").protocol == "paper"
+
+
+def test_config_hash():
+    a = RunConfig(dataset="synthetic", budget="smoke", seed=1)
+    h = a.config_hash()
+    assert len(h) == 12 and int(h, 16) >= 0
+    assert RunConfig(dataset="synthetic", budget="smoke", seed=1).config_hash() == h
+    # an override equal to the resolved value is the same run
+    assert RunConfig(dataset="synthetic", budget="smoke", seed=1, recipe={"size": 64}).config_hash() == h
+    others = [
+        RunConfig(dataset="synthetic", budget="smoke", seed=2),
+        RunConfig(dataset="synthetic", budget="smoke", seed=1, recipe={"lr": 2e-3}),
+        RunConfig(dataset="synthetic", budget="smoke", seed=1, model_overrides={"gab_mask": False}),
+        RunConfig(dataset="synthetic", budget="smoke", seed=1, protocol="paper"),
+        RunConfig(dataset="synthetic", budget="cpu", seed=1),
+        RunConfig(model="egeunet_no_ds", dataset="synthetic", budget="smoke", seed=1),
+    ]
+    assert len({h, *(o.config_hash() for o in others)}) == 1 + len(others)
+    d = a.to_dict()
+    assert d["recipe"]["size"] == 64 and d["recipe"]["epochs"] == BUDGETS["smoke"].recipe["epochs"]
+    assert RunConfig.from_dict(json.loads(json.dumps(d))).config_hash() == h
+    # tuples and lists in overrides hash alike (JSON form)
+    assert (RunConfig(model_overrides={"widths": (8, 16, 24, 32, 48, 64)}).config_hash()
+            == RunConfig(model_overrides={"widths": [8, 16, 24, 32, 48, 64]}).config_hash())
+
+
+# ---------------------------------------------------------------- a finished run record
+def test_smoke_run_record(smoke_run, smoke_config):
+    d = smoke_run.record_dir
+    cfg = smoke_config()
+    assert d.name == cfg.config_hash() and d.parent.name == "runs"
+    for name in ("config.json", "env.json", "history.csv", "metrics.json", "per_image.csv", "complexity.json",
+                 "status.json", "checkpoints/latest.pt", "checkpoints/best.pt"):
+        assert (d / name).is_file(), name
+    assert not list(d.rglob("*.tmp"))
+    assert is_finished(d) and read_status(d)["status"] == "done"
+    rec = load_record(d)
+    assert rec.finished and rec.config == cfg.to_dict()
+    epochs = cfg.resolved_recipe().epochs
+    assert [h["epoch"] for h in rec.history] == list(range(1, epochs + 1))
+    assert tuple(rec.history[0]) == HISTORY_COLUMNS
+    assert rec.history[0]["lr"] == pytest.approx(1e-3)
+    assert all(math.isfinite(h["train_loss"]) and math.isfinite(h["val_loss"]) for h in rec.history)
+    m = rec.metrics
+    assert m["synthetic"] is True and m["protocol"] == "clean" and m["selection"]["on_test_set"] is False
+    assert m["best_epoch"] == m["selection"]["epoch"] and 1 <= m["best_epoch"] <= epochs
+    best_hist = rec.history[m["best_epoch"] - 1]
+    assert best_hist["val_loss"] == min(h["val_loss"] for h in rec.history)
+    for key in ("pooled_miou", "pooled_dsc", "pooled_acc", "pooled_sen", "pooled_spe", "per_image_dsc_mean",
+                "per_image_dsc_std", "per_image_iou_mean", "per_image_iou_std", "isic_tjaccard"):
+        assert 0.0 <= m["test"][key] <= 1.0
+    n_test = cfg.resolved_recipe().max_eval_images
+    assert m["test"]["n_images"] == n_test == len(rec.per_image)
+    assert set(rec.per_image[0]) >= {"id", "tn", "fp", "fn", "tp", "dsc", "iou"}
+    assert all(isinstance(r["id"], str) for r in rec.per_image)
+    px = 64 * 64
+    assert all(r["tn"] + r["fp"] + r["fn"] + r["tp"] == px for r in rec.per_image)
+    assert rec.complexity["params"] == 53_374 == m["params"]
+    assert rec.complexity.get("macs") == 72_096_256 or "note" in rec.complexity  # engine.profile at 256 x 256
+    assert rec.env["torch"] == torch.__version__ and rec.env["threads"] == THREADS and "git_commit" in rec.env
+    best = torch.load(d / "checkpoints" / "best.pt", weights_only=True)
+    assert best["epoch"] == m["best_epoch"]
+    # progress callback: once per epoch, with the documented keywords
+    assert [c["epoch"] for c in smoke_run.progress_calls] == list(range(1, epochs + 1))
+    assert {"epochs", "train_loss", "val_loss", "val_dsc", "lr", "seconds", "eta_s"} <= set(smoke_run.progress_calls[0])
+
+
+def test_finished_record_is_reused(smoke_run, smoke_config):
+    results = smoke_run.record_dir.parent.parent
+    before = (smoke_run.record_dir / "status.json").stat().st_mtime_ns
+    res = run_training(smoke_config(), results, **FAST)
+    assert res.reused and res.status == "done" and res.metrics == smoke_run.metrics
+    assert (smoke_run.record_dir / "status.json").stat().st_mtime_ns == before
+
+
+def test_eval_batch_size_does_not_change_metrics(smoke_run):
+    from engine.data import load_split
+    from engine.evaluate import evaluate, evaluate_checkpoint, load_model
+
+    model, cfg = load_model(smoke_run.record_dir)
+    data = load_split("synthetic", "test", size=cfg["recipe"]["size"], n=12)
+    results = [evaluate(model, data, batch_size=bs) for bs in (1, 5, 12)]
+    for r in results[1:]:
+        assert r.counts.tolist() == results[0].counts.tolist()
+        assert r.summary == results[0].summary
+        assert r.loss == pytest.approx(results[0].loss, rel=1e-5)
+    # the stored checkpoint re-evaluated on the run's own test split gives the recorded numbers
+    again = evaluate_checkpoint(smoke_run.record_dir, split="test", batch_size=3)
+    n = smoke_run.metrics["test"]["n_images"]
+    rec = load_record(smoke_run.record_dir)
+    assert again.counts[:n].tolist() == [[r["tn"], r["fp"], r["fn"], r["tp"]] for r in rec.per_image]
+
+
+# ---------------------------------------------------------------- determinism
+def _weights(record_dir, name="latest"):
+    return torch.load(record_dir / "checkpoints" / f"{name}.pt", weights_only=True)["model"]
+
+
+def test_same_seed_same_weights_other_seed_differs(smoke_run, smoke_config, tmp_path):
+    res = run_training(smoke_config(), tmp_path / "again", **FAST)
+    a, b = _weights(smoke_run.record_dir), _weights(res.record_dir)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert res.metrics["test"] == smoke_run.metrics["test"]
+    other = run_training(smoke_config(seed=1), tmp_path / "other", **FAST)
+    c = _weights(other.record_dir)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_paper_protocol_is_labelled_and_quirks_recorded(smoke_config, tmp_path):
+    res = run_training(smoke_config(protocol="paper", recipe={"paper_quirks": True, "epochs": 1}), tmp_path, **FAST)
+    assert res.status == "done", res.reason
+    sel = res.metrics["selection"]
+    assert sel["on_test_set"] is True and sel["split"] == "val" and "test set" in sel["note"]
+    assert 0.0 <= res.metrics["run_angle"] < 360.0
+
+
+def test_selection_by_metric(smoke_config, tmp_path):
+    res = run_training(smoke_config(recipe={"selection": "pooled_dsc"}), tmp_path, **FAST)
+    hist = load_record(res.record_dir).history
+    assert res.metrics["selection"]["mode"] == "max"
+    assert res.metrics["best_epoch"] == max(hist, key=lambda h: h["val_pooled_dsc"])["epoch"]
+
+
+# ---------------------------------------------------------------- failures
+def test_divergence_ends_run_as_failed(smoke_config, tmp_path):
+    res = run_training(smoke_config(recipe={"lr": 1e10}), tmp_path, **FAST)
+    assert res.status == "failed"
+    assert "non-finite" in res.reason or "diverged" in res.reason
+    st = read_status(res.record_dir)
+    assert st["status"] == "failed" and st["reason"] == res.reason
+    # a finished failed record is not retried unless asked
+    again = run_training(smoke_config(recipe={"lr": 1e10}), tmp_path, **FAST)
+    assert again.reused and again.status == "failed"
+
+
+def test_nan_loss_at_epoch_two_keeps_history(smoke_config, tmp_path, monkeypatch):
+    import engine.train as train
+
+    real = train.model_loss
+    calls = {"n": 0}
+    steps_per_epoch = 16 // 4
+
+    def nan_after_first_epoch(out, target, weights):
+        calls["n"] += 1
+        loss = real(out, target, weights)
+        return loss * float("nan") if calls["n"] > steps_per_epoch else loss
+
+    monkeypatch.setattr(train, "model_loss", nan_after_first_epoch)
+    res = run_training(smoke_config(seed=5), tmp_path, **FAST)
+    assert res.status == "failed" and "non-finite training loss" in res.reason and "epoch 2" in res.reason
+    rec = load_record(res.record_dir)
+    assert [h["epoch"] for h in rec.history] == [1] and rec.status["status"] == "failed"
+
+
+def test_forbidden_external_test_is_refused_before_training(tmp_path):
+    from engine.data import DataError
+
+    cfg = RunConfig(dataset="isic2018", budget="smoke", external_test=("isic2017",))
+    with pytest.raises(DataError):
+        run_training(cfg, tmp_path, **FAST)
+    assert not (tmp_path / "runs" / cfg.config_hash()).exists()
+
+
+def test_external_test_missing_data_is_recorded_not_fatal(smoke_config, tmp_path):
+    res = run_training(smoke_config(recipe={"epochs": 1}, external_test=("ph2",)), tmp_path, data_root=tmp_path / "none",
+                       **FAST)
+    assert res.status == "done"
+    assert "error" in res.metrics["external"]["ph2"]
+
+
+def test_metrics_json_is_strict_json(smoke_run):
+    text = (smoke_run.record_dir / "metrics.json").read_text()
+    json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+    assert np.isfinite(smoke_run.metrics["wall_s"])
