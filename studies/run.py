@@ -279,8 +279,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _error(e)
     except Exception as e:
         from engine.data import DataError
+        from studies.executors import ExecutorError
 
-        if isinstance(e, DataError):
+        if isinstance(e, (DataError, ExecutorError)):  # e.g. a Ray cluster that cannot be reached
             return _error(e)
         raise
 
