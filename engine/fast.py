@@ -1,0 +1,629 @@
+"""The project's fast path for EGE-UNet: same parameters, same numbers, less time on CPU.
+
+``make_fast(model, mode="train"|"infer")`` wraps a model (any :class:`egeunet.model.EGEUNet`
+configuration; other models get the generic parts) in a module that *shares* its parameters (and
+their names: ``state_dict`` keys are the plain model's) and returns the same
+:class:`~egeunet.contract.SegOutput`. Nothing computed changes; only how:
+
+1. **Channels-last** activations: oneDNN's thin and depth-wise convolutions are 3-12x faster in
+   NHWC than in NCHW; 1x1 convolutions run as one GEMM (``F.linear`` on the NHWC view).
+2. **LayerNorm / GroupNorm without the slow paths**: native ``layer_norm`` pays a large per-row
+   cost for 5-16 channel rows (the GAB groups), so small channels-first LayerNorms use the formula
+   with a hand-written backward (large ones: native ``layer_norm`` on the NHWC view); the native
+   channels-last GroupNorm kernel is fast but loses ~1e-4 (float32 sum of squares), so GroupNorm
+   uses two-pass statistics with a hand-written backward (as accurate as the NCHW kernel).
+3. **No zero-filled gradient buffers**: channel splits/concats (GHPA chunks, GAB groups) are
+   autograd functions whose backward is one ``cat``/``split``; autograd's slice backward writes
+   every chunk's gradient into its own zero-filled full-size NCHW tensor and sums them.
+4. **Side outputs**: the 1-channel deep-supervision maps are up-sampled by two small GEMMs with
+   ATen's exact bilinear weights (backward ~10x faster than ATen's scatter kernel); at inference
+   they are skipped by default (the final map is bit-identical, MODELS.md §1.3).
+5. **Inference**: micro-batches (default ~4 images of 256x256: activations stay cache-sized and
+   below glibc's mmap threshold, ~1.7x at batch 16) and the parameter-only GHPA masks cached per
+   spatial size, recomputed when a parameter changes (tensor version counters): bit-identical.
+6. **Optional inter-op workers** (``workers=2``): the batch is split into chunks run by
+   single-threaded worker threads of this process (ATen releases the GIL); training gradients are
+   computed per chunk with ``torch.autograd.grad`` and summed in chunk order (deterministic). Every
+   EGE-UNet op is per-sample (GroupNorm per image, LayerNorm per pixel, no BatchNorm), so chunks
+   give the whole batch's numbers. Not the default: on the shared 2-core machine it measured no
+   faster than one thread (the second core is rarely free); use it on an idle multi-core box.
+
+Measured and *not* kept (numbers in the bench report): ``torch.compile`` (inductor, CPU) -- 1.25x
+on inference after 77-260 s of compilation, and the compiled training step ran *slower* than this
+eager path (0.8x); native channels-last GroupNorm (inaccurate, slow backward); ``F.layer_norm`` for
+rows of < 16 values; splitting the training batch into micro-batches (0.7-0.9x); ``var_mean``
+(Welford) reductions (5-10x slower than two passes here); glibc malloc tunables (no change).
+
+Numbers: outputs and gradients agree with :class:`egeunet.reference.ReferenceEGEUNet` to float32
+round-off -- the fast path is as close to a float64 evaluation as the reference itself -- and to
+~1e-12 in float64 (tests/test_fast.py).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from egeunet.contract import SegOutput, as_seg_output
+from egeunet.layers import GAB, GHPA, LayerNormCF
+from egeunet.model import EGEUNet
+
+CL = torch.channels_last
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def _up(x: Tensor, size: tuple[int, int] | None = None, scale: int | None = None) -> Tensor:
+    if size is not None:
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=True)
+    return F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=True)
+
+
+def conv(mod: nn.Module, x: Tensor) -> Tensor:
+    """``mod(x)``; a plain 1x1 ``Conv2d`` runs as one GEMM on the NHWC view (same math, faster backward)."""
+    if (isinstance(mod, nn.Conv2d) and mod.kernel_size == (1, 1) and mod.groups == 1 and mod.stride == (1, 1)
+            and mod.padding == (0, 0) and x.dim() == 4 and x.is_contiguous(memory_format=CL)
+            and x.dtype == mod.weight.dtype):
+        w = mod.weight.view(mod.out_channels, mod.in_channels)
+        return F.linear(x.permute(0, 2, 3, 1), w, mod.bias).permute(0, 3, 1, 2)
+    return mod(x)
+
+
+def seq(mods: nn.Sequential, x: Tensor) -> Tensor:
+    for m in mods:
+        x = conv(m, x)
+    return x
+
+
+SMALL_LN_CHANNELS = 16  # below this, the formula LayerNorm beats native layer_norm (per-row overhead)
+
+
+class _LayerNormCFSmall(torch.autograd.Function):
+    """Channels-first LayerNorm by the formula (any memory layout), with a hand-written backward."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, w: Tensor, b: Tensor, eps: float) -> Tensor:
+        d = x - x.mean(1, keepdim=True)
+        rstd = torch.rsqrt((d * d).mean(1, keepdim=True) + eps)
+        xhat = d.mul_(rstd)
+        ctx.save_for_backward(xhat, rstd, w)
+        return torch.addcmul(b[:, None, None], xhat, w[:, None, None])
+
+    @staticmethod
+    def backward(ctx: Any, gy: Tensor):  # type: ignore[override]
+        xhat, rstd, w = ctx.saved_tensors
+        gw = gb = None
+        if ctx.needs_input_grad[1]:
+            gw = (gy * xhat).sum((0, 2, 3))
+        if ctx.needs_input_grad[2]:
+            gb = gy.sum((0, 2, 3))
+        gx = None
+        if ctx.needs_input_grad[0]:
+            g = gy * w[:, None, None]
+            m2 = (g * xhat).mean(1, keepdim=True)
+            gx = (g - g.mean(1, keepdim=True)).sub_(xhat * m2).mul_(rstd)
+        return gx, gw, gb, None
+
+
+def _layer_norm_small(x: Tensor, w: Tensor, b: Tensor, eps: float) -> Tensor:
+    if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad or b.requires_grad):
+        return _LayerNormCFSmall.apply(x, w, b, eps)
+    d = x - x.mean(1, keepdim=True)
+    d.mul_(torch.rsqrt((d * d).mean(1, keepdim=True) + eps))
+    return torch.addcmul(b[:, None, None], d, w[:, None, None])
+
+
+def layer_norm_cf(x: Tensor, ln: LayerNormCF | nn.Module) -> Tensor:
+    """Channels-first LayerNorm of a B x C x H x W tensor (result in x's layout).
+
+    Few channels: the formula with a hand-written backward (native ``layer_norm`` has a large
+    per-row cost when rows are 5-16 values long). Otherwise one native ``F.layer_norm`` on the
+    NHWC view (for a channels-last ``x`` the permuted view is contiguous: no copy).
+    """
+    if x.dtype in _HALF:  # as autocast runs layer_norm: in float32
+        x = x.float()
+    if x.shape[1] < SMALL_LN_CHANNELS:
+        return _layer_norm_small(x, ln.weight, ln.bias, ln.eps)
+    return F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), ln.weight, ln.bias, ln.eps).permute(0, 3, 1, 2)
+
+
+class _GroupNormTwoPass(torch.autograd.Function):
+    """GroupNorm with two-pass statistics from per-channel sums (accurate in any layout).
+
+    The native channels-last CPU kernel accumulates sum and sum of squares in float32 and loses
+    ~1e-4 on conv outputs with a large mean; this one stays at the NCHW kernel's accuracy.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, groups: int, w: Tensor, b: Tensor, eps: float) -> Tensor:
+        bsz, c = x.shape[0], x.shape[1]
+        cg = c // groups
+        mean = x.mean((2, 3)).view(bsz, groups, cg).mean(2).repeat_interleave(cg, 1)  # B x C
+        d = x - mean[:, :, None, None]
+        var = (d * d).mean((2, 3)).view(bsz, groups, cg).mean(2)
+        rstd = torch.rsqrt(var + eps).repeat_interleave(cg, 1)  # B x C
+        ctx.save_for_backward(d, rstd, w)
+        ctx.groups = groups
+        return torch.addcmul(b[None, :, None, None], d, (rstd * w)[:, :, None, None])
+
+    @staticmethod
+    def backward(ctx: Any, gy: Tensor):  # type: ignore[override]
+        d, rstd, w = ctx.saved_tensors
+        bsz, c, h, wd = d.shape
+        groups = ctx.groups
+        cg = c // groups
+        n = cg * h * wd
+        sg = gy.sum((2, 3))  # B x C
+        sgd = (gy * d).sum((2, 3))  # B x C
+        gw = (sgd * rstd).sum(0) if ctx.needs_input_grad[2] else None
+        gb = sg.sum(0) if ctx.needs_input_grad[3] else None
+        gx = None
+        if ctx.needs_input_grad[0]:
+            a = (sg * w).view(bsz, groups, cg).sum(2).repeat_interleave(cg, 1) / n
+            bb = (sgd * w).view(bsz, groups, cg).sum(2).repeat_interleave(cg, 1) / n
+            c1 = (rstd * w)[:, :, None, None]
+            c2 = (-rstd * a)[:, :, None, None]
+            c3 = (-(rstd ** 3) * bb)[:, :, None, None]
+            gx = torch.addcmul(torch.addcmul(c2, gy, c1), d, c3)
+        return gx, None, gw, gb, None
+
+
+def group_norm(gn: nn.GroupNorm, x: Tensor) -> Tensor:
+    """``gn(x)``; channels-last inputs go through the accurate two-pass implementation."""
+    if x.dtype in _HALF:  # as autocast runs group_norm: in float32
+        x = x.float()
+    if x.is_contiguous() and not x.is_contiguous(memory_format=CL):
+        return gn(x)
+    if torch.is_grad_enabled() and (x.requires_grad or gn.weight.requires_grad):
+        return _GroupNormTwoPass.apply(x, gn.num_groups, gn.weight, gn.bias, gn.eps)
+    bsz, c = x.shape[0], x.shape[1]
+    g, cg = gn.num_groups, c // gn.num_groups
+    mean = x.mean((2, 3)).view(bsz, g, cg).mean(2).repeat_interleave(cg, 1)
+    d = x - mean[:, :, None, None]
+    var = (d * d).mean((2, 3)).view(bsz, g, cg).mean(2)
+    scale = torch.rsqrt(var + gn.eps).repeat_interleave(cg, 1) * gn.weight
+    return torch.addcmul(gn.bias[None, :, None, None], d, scale[:, :, None, None])
+
+
+def interp_matrix(n_in: int, n_out: int, dtype: torch.dtype = torch.float32,
+                  device: torch.device | str = "cpu") -> Tensor:
+    """n_out x n_in bilinear (align_corners=True) weights, computed exactly as ATen does (opmath float)."""
+    key = (n_in, n_out, dtype, str(device))
+    m = _INTERP_CACHE.get(key)
+    if m is None:
+        op = torch.float64 if dtype == torch.float64 else torch.float32
+        i = torch.arange(n_out, dtype=op)
+        # ATen: scale = static_cast<opmath>(in - 1) / (out - 1); src = scale * i, both in opmath precision
+        scale = (torch.tensor(float(n_in - 1), dtype=op) / torch.tensor(float(n_out - 1), dtype=op)
+                 if n_out > 1 else torch.tensor(0.0, dtype=op))
+        src = scale * i
+        i0 = src.floor().long().clamp(max=n_in - 1)
+        lam1 = (src - i0.to(op)).clamp(0, 1)
+        i1 = torch.where(i0 < n_in - 1, i0 + 1, i0)
+        m = torch.zeros(n_out, n_in, dtype=op)
+        rows = torch.arange(n_out)
+        m.index_put_((rows, i0), 1 - lam1, accumulate=True)
+        m.index_put_((rows, i1), lam1, accumulate=True)
+        m = m.to(dtype=dtype, device=device)
+        _INTERP_CACHE[key] = m
+    return m
+
+
+_INTERP_CACHE: dict[tuple, Tensor] = {}
+
+
+def up_map(m: Tensor, size: tuple[int, int]) -> Tensor:
+    """Bilinear (align_corners=True) resize of a 1-channel B x 1 x h x w map as two small matmuls.
+
+    Same weights as ``F.interpolate``; the backward is two GEMMs instead of ATen's scatter, which is
+    ~10x faster for the deep-supervision side outputs (8x8 .. 64x64 -> 256x256).
+    """
+    bsz, c, h, w = m.shape
+    ah = interp_matrix(h, size[0], m.dtype, m.device)
+    aw = interp_matrix(w, size[1], m.dtype, m.device)
+    return torch.matmul(ah, torch.matmul(m.reshape(bsz * c, h, w), aw.t())).view(bsz, c, size[0], size[1])
+
+
+class _MaskCache:
+    """Parameter-only GHPA masks per (module, branch, H, W), invalidated by parameter version changes."""
+
+    def __init__(self) -> None:
+        self._store: dict[tuple, tuple[tuple, Tensor]] = {}
+
+    @staticmethod
+    def _versions(mod: GHPA, name: str) -> tuple:
+        ps = [getattr(mod, f"params_{name}"), *getattr(mod, f"conv_{name}").parameters()]
+        return tuple((id(p), p._version, p.data_ptr()) for p in ps)
+
+    def get(self, mod: GHPA, name: str, kind: str, h: int, w: int) -> Tensor:
+        key = (id(mod), name, h, w)
+        ver = self._versions(mod, name)
+        hit = self._store.get(key)
+        if hit is not None and hit[0] == ver:
+            return hit[1]
+        m = _branch_mask(mod, name, kind, h, w)
+        self._store[key] = (ver, m)
+        return m
+
+    def clear(self) -> None:
+        self._store.clear()
+
+
+def _branch_mask(mod: GHPA, name: str, kind: str, h: int, w: int) -> Tensor:
+    """The mask of one Hadamard branch, shaped to broadcast against its B x c x H x W chunk."""
+    m = mod.branch_mask(name, kind, h, w)  # xy: 1 x c x H x W; zx: 1 x 1 x c x H; zy: 1 x 1 x c x W
+    c = mod.chunk
+    if kind == "zx":
+        return m.reshape(1, c, h, 1)
+    if kind == "zy":
+        return m.reshape(1, c, 1, w)
+    return m
+
+
+def _memory_format(x: Tensor) -> torch.memory_format:
+    return CL if (x.dim() == 4 and x.is_contiguous(memory_format=CL) and not x.is_contiguous()) else \
+        torch.contiguous_format
+
+
+class _SplitChannels(torch.autograd.Function):
+    """``torch.split(x, sizes, dim=1)`` returning dense tensors, with a one-``cat`` backward.
+
+    Autograd's own slice backward writes every chunk's gradient into a zero-filled full-size
+    tensor (in NCHW) and sums them: n fills + n adds + layout changes. This does one ``cat``.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, sizes: tuple[int, ...]) -> tuple[Tensor, ...]:  # type: ignore[override]
+        fmt = _memory_format(x)
+        ctx.sizes = sizes
+        return tuple(p.contiguous(memory_format=fmt) for p in torch.split(x, sizes, dim=1))
+
+    @staticmethod
+    def backward(ctx: Any, *grads: Tensor):  # type: ignore[override]
+        ref = next(g for g in grads if g is not None)
+        parts = [g if g is not None else ref.new_zeros(ref.shape[0], s, *ref.shape[2:])
+                 for g, s in zip(grads, ctx.sizes)]
+        return torch.cat(parts, dim=1), None
+
+
+class _CatChannels(torch.autograd.Function):
+    """``torch.cat(xs, dim=1)`` whose backward hands each input a dense (not sliced) gradient."""
+
+    @staticmethod
+    def forward(ctx: Any, *xs: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.sizes = tuple(x.shape[1] for x in xs)
+        ctx.fmt = _memory_format(xs[0])
+        return torch.cat(xs, dim=1)
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor):  # type: ignore[override]
+        return tuple(p.contiguous(memory_format=ctx.fmt) for p in torch.split(g, ctx.sizes, dim=1))
+
+
+def cat_channels(xs: list[Tensor]) -> Tensor:
+    if torch.is_grad_enabled() and any(x.requires_grad for x in xs):
+        return _CatChannels.apply(*xs)
+    return torch.cat(xs, dim=1)
+
+
+def split_channels(x: Tensor, sizes: tuple[int, ...]) -> tuple[Tensor, ...]:
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _SplitChannels.apply(x, tuple(sizes))
+    return tuple(torch.split(x, sizes, dim=1))
+
+
+class _GroupInputs(torch.autograd.Function):
+    """GAB's group inputs ``cat(xh_j, xl_j[, mask])`` for every group j, as dense tensors.
+
+    The backward gathers the pieces with three ``cat``s / one sum instead of autograd's
+    per-slice zero-filled full-size buffers.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, xh: Tensor, xl: Tensor, mask: Tensor | None, n: int):  # type: ignore[override]
+        a = xl.shape[1] // n
+        ctx.a, ctx.n, ctx.has_mask = a, n, mask is not None
+        outs = []
+        for j in range(n):
+            parts = [xh[:, j * a:(j + 1) * a], xl[:, j * a:(j + 1) * a]] + ([mask] if mask is not None else [])
+            outs.append(torch.cat(parts, dim=1))
+        return tuple(outs)
+
+    @staticmethod
+    def backward(ctx: Any, *grads: Tensor):  # type: ignore[override]
+        a, n = ctx.a, ctx.n
+        gs = [g for g in grads]
+        gxh = torch.cat([g[:, :a] for g in gs], dim=1)
+        gxl = torch.cat([g[:, a:2 * a] for g in gs], dim=1)
+        gm = None
+        if ctx.has_mask:
+            gm = gs[0][:, 2 * a:].clone()
+            for g in gs[1:]:
+                gm += g[:, 2 * a:]
+        return gxh, gxl, gm, None
+
+
+def group_inputs(xh: Tensor, xl: Tensor, mask: Tensor | None, n: int) -> tuple[Tensor, ...]:
+    needs = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (xh, xl, mask))
+    if needs:
+        return _GroupInputs.apply(xh, xl, mask, n)
+    a = xl.shape[1] // n
+    return tuple(torch.cat([xh[:, j * a:(j + 1) * a], xl[:, j * a:(j + 1) * a]] + ([mask] if mask is not None else []),
+                           dim=1) for j in range(n))
+
+
+def ghpa_forward(mod: GHPA, x: Tensor, cache: _MaskCache | None) -> Tensor:
+    x = layer_norm_cf(x, mod.norm1)
+    h, w = x.shape[2], x.shape[3]
+    c = mod.chunk
+    chunks = split_channels(x, (c,) * len(mod.branches))
+    outs = []
+    for xi, b, n in zip(chunks, mod.branches, mod.names):
+        if b in ("xy", "zx", "zy"):
+            m = cache.get(mod, n, b, h, w) if cache is not None else _branch_mask(mod, n, b, h, w)
+            xi = xi * m.to(xi.dtype)
+        elif b == "dw":
+            xi = seq(getattr(mod, n), xi)
+        outs.append(xi)
+    x = layer_norm_cf(cat_channels(outs), mod.norm2)
+    return seq(mod.ldw, x)
+
+
+def gab_forward(mod: GAB, xh: Tensor, xl: Tensor, mask: Tensor | None) -> Tensor:
+    xh = _up(conv(mod.pre_project, xh), size=(xl.shape[2], xl.shape[3]))
+    n = len(mod.dilations)
+    groups = group_inputs(xh, xl, mask if mod.use_mask else None, n)
+    outs = []
+    for j, gin in enumerate(groups):
+        g = getattr(mod, f"g{j}")
+        gn = layer_norm_cf(gin, g[0])
+        outs.append(g[1](gn.to(gin.dtype)))
+    t = layer_norm_cf(cat_channels(outs), mod.tail_conv[0])
+    return conv(mod.tail_conv[1], t.to(outs[0].dtype))
+
+
+def egeunet_forward(model: EGEUNet, x: Tensor, cache: _MaskCache | None = None, side_outputs: bool = True,
+                    channels_last: bool = True) -> SegOutput:
+    """``EGEUNet.forward`` (every configuration) re-expressed with the fast primitives above."""
+    cfg = model.config
+    if x.shape[2] % 32 or x.shape[3] % 32:
+        raise ValueError(f"EGE-UNet input sides must be multiples of 32, got {tuple(x.shape[2:])}")
+    if channels_last:
+        x = x.contiguous(memory_format=CL)
+
+    def stage(s: nn.Sequential, t: Tensor) -> Tensor:
+        m = s[0]
+        return ghpa_forward(m, t, cache) if isinstance(m, GHPA) else conv(m, t)
+
+    t1 = F.gelu(F.max_pool2d(group_norm(model.ebn1, stage(model.encoder1, x)), 2, 2))
+    t2 = F.gelu(F.max_pool2d(group_norm(model.ebn2, stage(model.encoder2, t1)), 2, 2))
+    t3 = F.gelu(F.max_pool2d(group_norm(model.ebn3, stage(model.encoder3, t2)), 2, 2))
+    t4 = F.gelu(F.max_pool2d(group_norm(model.ebn4, stage(model.encoder4, t3)), 2, 2))
+    t5 = F.gelu(F.max_pool2d(group_norm(model.ebn5, stage(model.encoder5, t4)), 2, 2))
+    t6 = F.gelu(stage(model.encoder6, t5))
+    skips = (t1, t2, t3, t4, t5)
+    masks: list[Tensor] = []
+    xh = t6
+    out = t6
+    for s in range(5):  # decoder stage s+1, GAB k = 5 - s, skip t_k (as EGEUNet.forward)
+        k = 5 - s
+        d = group_norm(getattr(model, f"dbn{s + 1}"), stage(getattr(model, f"decoder{s + 1}"), out))
+        d = F.gelu(d if s == 0 else _up(d, scale=2))
+        mask = conv(getattr(model, f"gt_conv{s + 1}")[0], d) if cfg.has_heads else None
+        if mask is not None:
+            masks.append(mask)
+        if cfg.active_gabs[k - 1]:
+            bridged = gab_forward(getattr(model, f"GAB{k}"), xh, skips[k - 1], mask if cfg.gab_uses_mask else None)
+        else:
+            bridged = skips[k - 1]
+        xh = bridged
+        out = d + bridged
+    logits = _up(conv(model.final, out), scale=2).contiguous()
+    if not cfg.deep_supervision or not side_outputs:
+        return SegOutput(logits, ())
+    size = (x.shape[2], x.shape[3])
+    return SegOutput(logits, tuple(up_map(m.contiguous(), size) for m in masks))
+
+
+# ------------------------------------------------------------------------------- worker threads
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def _worker_init() -> None:
+    torch.get_num_threads()  # run ATen's lazy per-thread init first, so it cannot undo the next line
+    torch.set_num_threads(1)
+
+
+def worker_pool(n: int) -> ThreadPoolExecutor:
+    """A shared pool of ``n`` threads, each running ATen single-threaded (intra-op threads 1)."""
+    with _POOLS_LOCK:
+        pool = _POOLS.get(n)
+        if pool is None:
+            keep = torch.get_num_threads()
+            pool = ThreadPoolExecutor(n, thread_name_prefix=f"egeunet-fast{n}", initializer=_worker_init)
+            barrier = threading.Barrier(n)
+            list(pool.map(lambda _: barrier.wait(), range(n)))  # start all n threads now
+            torch.set_num_threads(keep)  # set_num_threads(1) in a worker also set the process default
+            _POOLS[n] = pool
+    return pool
+
+
+def _outputs(o: Any) -> tuple[Tensor, ...]:
+    o = as_seg_output(o)
+    return (o.logits, *o.aux)
+
+
+class _ParallelChunks(torch.autograd.Function):
+    """Run ``fn`` on batch chunks in worker threads, forward and backward.
+
+    The workers build their own graphs (grad mode is thread-local) and, in backward, compute the
+    parameter gradients of their chunk with ``torch.autograd.grad``; the chunk gradients are summed
+    in chunk order, so the result is deterministic. No gradient flows to the input images.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, plan: tuple, *params: Tensor) -> tuple[Tensor, ...]:  # type: ignore[override]
+        fn, chunks, pool = plan
+
+        def run(xc: Tensor) -> tuple[Tensor, ...]:
+            with torch.enable_grad():
+                return _outputs(fn(xc))
+
+        outs = list(pool.map(run, chunks))
+        ctx.outs, ctx.params, ctx.pool = outs, params, pool
+        ctx.sizes = [c.shape[0] for c in chunks]
+        return tuple(torch.cat([o[i].detach() for o in outs]) for i in range(len(outs[0])))
+
+    @staticmethod
+    def backward(ctx: Any, *grads: Tensor | None):  # type: ignore[override]
+        outs, params = ctx.outs, ctx.params
+        split = [g.split(ctx.sizes) if g is not None else None for g in grads]
+
+        def run(k: int) -> tuple[Tensor | None, ...]:
+            ys, gs = [], []
+            for i, y in enumerate(outs[k]):
+                if split[i] is not None and y.requires_grad:
+                    ys.append(y)
+                    gs.append(split[i][k].contiguous())
+            if not ys:
+                return (None,) * len(params)
+            return torch.autograd.grad(ys, params, gs, allow_unused=True)
+
+        per_chunk = list(ctx.pool.map(run, range(len(outs))))
+        del ctx.outs
+        total: list[Tensor | None] = []
+        for gp in zip(*per_chunk):
+            acc = None
+            for g in gp:
+                if g is not None:
+                    acc = g.clone() if acc is None else acc.add_(g)
+            total.append(acc)
+        return (None, *total)
+
+
+def _has_batch_coupling(model: nn.Module) -> bool:
+    """BatchNorm in train mode couples the samples of a batch: chunking would change the numbers."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in model.modules())
+
+
+class FastModel(nn.Module):
+    """Fast forward over a wrapped model; shares its parameters (and their names).
+
+    The wrapper adopts the wrapped model's sub-modules, so ``parameters()``, ``named_parameters()``,
+    ``state_dict()`` and ``load_state_dict()`` are exactly the plain model's (checkpoints are
+    interchangeable, optimizers can be built from either).
+    """
+
+    def __init__(self, model: nn.Module, mode: str = "train", *, workers: int | None = None,
+                 micro_batch: int | None = None, side_outputs: bool | None = None,
+                 cache_masks: bool | None = None, channels_last: bool = True) -> None:
+        super().__init__()
+        if mode not in ("train", "infer"):
+            raise ValueError(f"mode must be 'train' or 'infer', got {mode!r}")
+        if isinstance(model, FastModel):
+            model = model.inner
+        self.__dict__["inner"] = model  # not registered: its sub-modules are adopted below
+        self._modules = model._modules
+        self._parameters = model._parameters
+        self._buffers = model._buffers
+        self.mode = mode
+        self.is_egeunet = isinstance(model, EGEUNet)
+        self.workers = max(1, int(workers)) if workers is not None else 1
+        self.micro_batch = micro_batch
+        self.side_outputs = (mode == "train") if side_outputs is None else bool(side_outputs)
+        self.channels_last = channels_last
+        self.cache_masks = (mode == "infer") if cache_masks is None else bool(cache_masks)
+        self._cache = _MaskCache()
+        self.config = getattr(model, "config", None)
+        weights = tuple(getattr(model, "loss_weights", (1.0,)))
+        if self.is_egeunet and not self.side_outputs:
+            weights = weights[:1]
+        self.loss_weights = weights
+        self.train(model.training)
+
+    # -- one chunk, in the calling thread ----------------------------------------------------
+    def forward_chunk(self, x: Tensor) -> SegOutput:
+        if self.is_egeunet:
+            cache = self._cache if (self.cache_masks and not torch.is_grad_enabled()) else None
+            return egeunet_forward(self.inner, x, cache, self.side_outputs, self.channels_last)
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=CL)
+        out = as_seg_output(self.inner(x))
+        return SegOutput(out.logits.contiguous(), tuple(a.contiguous() for a in out.aux))
+
+    def _chunks(self, x: Tensor, training: bool) -> list[Tensor]:
+        b = x.shape[0]
+        if x.device.type != "cpu" or b <= 1 or (not self.is_egeunet and _has_batch_coupling(self.inner)):
+            return [x]
+        if training:
+            if self.workers <= 1:
+                return [x]
+            n = min(self.workers, b)
+        else:
+            mb = self.micro_batch
+            if mb is None:  # ~4 images of 256 x 256 per chunk
+                mb = max(1, round(4 * 256 * 256 / (x.shape[-1] * x.shape[-2])))
+            n = max(min(self.workers, b), math.ceil(b / mb))
+        if n <= 1:
+            return [x]
+        return list(torch.tensor_split(x, n, dim=0))
+
+    def forward(self, x: Tensor) -> SegOutput:
+        params = [p for p in self.parameters() if p.requires_grad]
+        training = torch.is_grad_enabled() and bool(params)
+        chunks = self._chunks(x, training)
+        if len(chunks) == 1:
+            return self.forward_chunk(x)
+        pool = worker_pool(self.workers) if self.workers > 1 else None
+        if training:
+            outs = _ParallelChunks.apply((self.forward_chunk, chunks, pool), *params)
+            return SegOutput(outs[0], tuple(outs[1:]))
+        if pool is None:
+            parts = [_outputs(self.forward_chunk(c)) for c in chunks]
+        else:  # grad / inference mode are thread-local: carry the caller's into the workers
+            grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
+
+            def run(c: Tensor) -> tuple[Tensor, ...]:
+                with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+                    return _outputs(self.forward_chunk(c))
+
+            parts = list(pool.map(run, chunks))
+        return SegOutput(torch.cat([p[0] for p in parts]),
+                         tuple(torch.cat([p[i] for p in parts]) for i in range(1, len(parts[0]))))
+
+    def load_state_dict(self, *args: Any, **kwargs: Any):  # type: ignore[override]
+        self._cache.clear()
+        return super().load_state_dict(*args, **kwargs)
+
+
+FastEGEUNet = FastModel  # the EGE-UNet fast path is FastModel over an EGEUNet
+
+
+def make_fast(model: nn.Module, mode: str = "train", *, workers: int | None = None,
+              micro_batch: int | None = None, side_outputs: bool | None = None,
+              cache_masks: bool | None = None, channels_last: bool = True, compile: bool = False) -> nn.Module:
+    """The default fast path: a module sharing ``model``'s parameters, returning the same ``SegOutput``.
+
+    Args:
+        mode: ``"train"`` (side outputs kept, gradients through the worker threads) or ``"infer"``
+            (side outputs skipped -- ``loss_weights`` then has one entry -- and GHPA masks cached).
+        workers: worker threads for inter-op data parallelism over the batch, each running ATen with
+            one intra-op thread (default 1 = none: everything runs in the calling thread with its
+            own ``torch.get_num_threads()``; see the module notes).
+        micro_batch: inference chunk size (default ~4 images of 256x256).
+        side_outputs: override the mode's default.
+        compile: ``torch.compile`` the per-chunk forward (forces ``workers=1``; masks not cached);
+            measured not to pay on CPU (see the module notes).
+    """
+    fast = FastModel(model, mode, workers=1 if compile else workers, micro_batch=micro_batch,
+                     side_outputs=side_outputs, cache_masks=False if compile else cache_masks,
+                     channels_last=channels_last)
+    if compile:  # compile the per-chunk forward (the chunk loop stays in Python: one graph per chunk shape)
+        fast.forward_chunk = torch.compile(fast.forward_chunk)  # type: ignore[method-assign]
+    return fast

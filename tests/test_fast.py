@@ -1,0 +1,303 @@
+"""The fast path (engine.fast) and the plain reference (egeunet.reference) compute the same numbers.
+
+Float64 checks pin the maths (fast path = EGEUNet = reference to ~1e-12 for every ablation switch);
+float32 checks apply the 1e-4 budget, relative to the output / gradient scale (a random-init
+EGE-UNet's logits reach |z| ~ 40, where float32 round-off alone is ~1e-4: the reference itself
+differs from its float64 evaluation by that much). No test depends on timing.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from egeunet.contract import SegOutput
+from egeunet.model import EGEUNet, EGEUNetConfig
+from egeunet.reference import ReferenceEGEUNet
+from engine import fast
+from engine.fast import make_fast
+
+CL = torch.channels_last
+
+CONFIGS = {
+    "default": {},
+    "no_ds": {"deep_supervision": False},
+    "ds_unsup": {"deep_supervision": False, "unsupervised_heads": True},
+    "gab_no_mask": {"gab_mask": False},
+    "ghpa_ids": {"ghpa_branches": ("id", "zx", "id", "dw")},
+    "only_xy": {"ghpa_branches": ("xy", "xy", "xy", "dw")},
+    "ghpa_g2": {"ghpa_branches": ("xy", "dw")},
+    "plain_conv": {"use_ghpa": False},
+    "no_gab": {"bridge": False},
+    "gab_stages": {"gab_stages": (True, False, True, False, True)},
+    "gab_g1": {"gab_dilations": (1,)},
+    "x0_5": {"widths": (4, 8, 12, 16, 24, 32)},
+}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: stable and fast on shared cores (OpenMP barriers stall under load)."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
+
+
+def _loss(out: SegOutput, y: torch.Tensor, weights) -> torch.Tensor:
+    total = 0.0
+    for w, m in zip(weights, (out.logits, *out.aux)):
+        total = total + w * (F.binary_cross_entropy_with_logits(m, y) + torch.sigmoid(m).mean())
+    return total
+
+
+def _run(model, x, y):
+    for p in model.parameters():
+        p.grad = None
+    out = model(x)
+    _loss(out, y, model.loss_weights).backward()
+    grads = {n: p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p)
+             for n, p in model.named_parameters()}
+    return out, grads
+
+
+def _batch(size=64, b=2, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.rand(b, 3, size, size, generator=g) * 255).to(dtype)  # image-like, as normalise() gives
+    y = (torch.rand(b, 1, size, size, generator=g) > 0.5).to(dtype)
+    return x, y
+
+
+def _max_out_diff(a: SegOutput, b: SegOutput) -> float:
+    assert len(a.aux) == len(b.aux)
+    return max(float((p.detach() - q.detach()).abs().max()) for p, q in zip((a.logits, *a.aux), (b.logits, *b.aux)))
+
+
+# ------------------------------------------------------------------------------- the reference
+def test_reference_matches_model_names_and_numbers():
+    ref, model = ReferenceEGEUNet(), EGEUNet()
+    assert sum(p.numel() for p in ref.parameters()) == 53_374
+    assert [(k, v.shape) for k, v in ref.state_dict().items()] == \
+        [(k, v.shape) for k, v in model.state_dict().items()]
+    model.load_state_dict(ref.state_dict())  # both ways
+    ref.load_state_dict(model.state_dict())
+    x, _ = _batch()
+    with torch.no_grad():
+        a, b = ref(x), model(x)
+    assert _max_out_diff(a, b) == 0.0
+    assert ref.loss_weights == model.loss_weights and len(a.aux) == 5
+
+
+# ------------------------------------------------------------------------- float64: the maths
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_fast_equals_model_float64(name):
+    torch.manual_seed(1)
+    model = EGEUNet(EGEUNetConfig(**CONFIGS[name])).double()
+    fm = make_fast(copy.deepcopy(model), "train")
+    x, y = _batch(size=64, b=2, dtype=torch.float64)
+    o_ref, g_ref = _run(model, x, y)
+    o_fast, g_fast = _run(fm, x, y)
+    assert isinstance(o_fast, SegOutput) and len(o_fast.aux) == len(o_ref.aux)
+    scale = max(1.0, float(o_ref.logits.detach().abs().max()))
+    assert _max_out_diff(o_ref, o_fast) <= 1e-10 * scale
+    gscale = max(float(g.abs().max()) for g in g_ref.values())
+    assert g_ref.keys() == g_fast.keys()
+    for n in g_ref:
+        assert float((g_ref[n] - g_fast[n]).abs().max()) <= 1e-10 * gscale, n
+    with torch.no_grad():  # inference mode: final map only, same numbers
+        o_inf = make_fast(model, "infer")(x)
+    assert o_inf.aux == () and float((o_inf.logits - o_ref.logits.detach()).abs().max()) <= 1e-10 * scale
+
+
+# ------------------------------------------------------------------------ float32: the budget
+@pytest.mark.parametrize("name", ["default", "no_ds", "gab_no_mask", "ghpa_ids", "plain_conv"])
+def test_fast_matches_reference_float32(name):
+    torch.manual_seed(2)
+    model = EGEUNet(EGEUNetConfig(**CONFIGS[name]))
+    if name == "default":  # against the independent plain reference
+        ref = ReferenceEGEUNet()
+        ref.load_state_dict(model.state_dict())
+    else:
+        ref = copy.deepcopy(model)
+    fm = make_fast(model, "train")
+    x, y = _batch(size=64)
+    o_ref, g_ref = _run(ref, x, y)
+    o_fast, g_fast = _run(fm, x, y)
+    scale = max(1.0, float(o_ref.logits.detach().abs().max()))
+    assert _max_out_diff(o_ref, o_fast) <= 1e-4 * scale
+    gscale = max(float(g.abs().max()) for g in g_ref.values())
+    for n in g_ref:
+        assert float((g_ref[n] - g_fast[n]).abs().max()) <= 1e-4 * gscale, n
+
+
+def test_fast_float32_as_close_to_float64_as_reference():
+    torch.manual_seed(3)
+    ref = ReferenceEGEUNet()
+    fm = make_fast(EGEUNet(), "infer")
+    fm.load_state_dict(ref.state_dict())
+    ref64 = copy.deepcopy(ref).double()
+    x, _ = _batch(size=128)
+    with torch.no_grad():
+        z64 = ref64(x.double()).logits
+        e_ref = float((ref(x).logits.double() - z64).abs().max())
+        e_fast = float((fm(x).logits.double() - z64).abs().max())
+    assert e_fast <= 3 * e_ref + 1e-5
+
+
+# ----------------------------------------------------------------------------- fast-path parts
+def test_layer_norm_and_group_norm_primitives():
+    from egeunet.layers import LayerNormCF
+
+    g = torch.Generator().manual_seed(4)
+    for c in (5, 9, 20, 36):  # formula path (< 16) and native path
+        ln = LayerNormCF(c)
+        with torch.no_grad():
+            ln.weight.normal_(generator=g)
+            ln.bias.normal_(generator=g)
+        x = (torch.randn(2, c, 16, 16, generator=g) * 3 + 5).double().contiguous(memory_format=CL)
+        ln64 = copy.deepcopy(ln).double()
+        gy = torch.randn(2, c, 16, 16, generator=g).double()
+        xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+        (ln64(xa) * gy).sum().backward()
+        wa, ba = ln64.weight.grad.clone(), ln64.bias.grad.clone()
+        ln64.zero_grad()
+        (fast.layer_norm_cf(xb, ln64) * gy).sum().backward()
+        assert torch.allclose(xa.grad, xb.grad, atol=1e-10)
+        assert torch.allclose(wa, ln64.weight.grad, atol=1e-10) and torch.allclose(ba, ln64.bias.grad, atol=1e-10)
+    for c in (4, 8, 16):
+        gn = torch.nn.GroupNorm(4, c).double()
+        with torch.no_grad():
+            gn.weight.normal_(generator=g)
+        x = (torch.randn(2, c, 16, 16, generator=g) * 3 + 5).double().contiguous(memory_format=CL)
+        gy = torch.randn(2, c, 16, 16, generator=g).double()
+        xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+        (gn(xa.contiguous()) * gy).sum().backward()
+        wa = gn.weight.grad.clone()
+        gn.zero_grad()
+        yb = fast.group_norm(gn, xb)
+        (yb * gy).sum().backward()
+        assert torch.allclose(xa.grad, xb.grad, atol=1e-10) and torch.allclose(wa, gn.weight.grad, atol=1e-10)
+        with torch.no_grad():  # the no-grad inference branch
+            assert torch.allclose(fast.group_norm(gn, x), gn(x.contiguous()), atol=1e-10)
+    # float32 accuracy on a conv-like input with a large mean (where the native CL kernel loses 1e-4)
+    gn = torch.nn.GroupNorm(4, 8)
+    x = (torch.randn(2, 8, 64, 64, generator=g) * 3 + 50).contiguous(memory_format=CL)
+    with torch.no_grad():
+        exact = F.group_norm(x.double().contiguous(), 4)
+        assert float((fast.group_norm(gn, x).double() - exact).abs().max()) < 1e-5
+
+
+def test_up_map_equals_interpolate():
+    g = torch.Generator().manual_seed(5)
+    for h, out in ((8, 256), (64, 256), (128, 256), (7, 100)):
+        m = torch.randn(3, 1, h, h, generator=g, dtype=torch.float64, requires_grad=True)
+        a = F.interpolate(m, size=(out, out), mode="bilinear", align_corners=True)
+        b = fast.up_map(m, (out, out))
+        assert torch.allclose(a, b, atol=1e-12)
+        gy = torch.randn(a.shape, generator=g, dtype=torch.float64)
+        ga, = torch.autograd.grad(a, m, gy)
+        gb, = torch.autograd.grad(b, m, gy)
+        assert torch.allclose(ga, gb, atol=1e-10)
+        m32 = m.detach().float()
+        assert float((fast.up_map(m32, (out, out)) - F.interpolate(m32, size=(out, out), mode="bilinear",
+                                                                   align_corners=True)).abs().max()) < 1e-5
+
+
+def test_mask_cache_bit_identical_and_invalidated():
+    torch.manual_seed(6)
+    model = EGEUNet()
+    cached = make_fast(model, "infer")
+    uncached = make_fast(model, "infer", cache_masks=False)
+    x, _ = _batch(size=64)
+    with torch.no_grad():
+        a = cached(x).logits
+        b = cached(x).logits  # from the cache
+        c = uncached(x).logits
+        assert torch.equal(a, b) and torch.equal(a, c)
+        assert torch.equal(a, model(x).logits) or float((a - model(x).logits).abs().max()) < 1e-4 * a.abs().max()
+    # a parameter update must invalidate the cached masks
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    _loss(model(x), _batch(size=64)[1], model.loss_weights).backward()
+    opt.step()
+    with torch.no_grad():
+        assert torch.equal(cached(x).logits, uncached(x).logits)
+    other = EGEUNet()
+    cached.load_state_dict(other.state_dict())
+    with torch.no_grad():
+        assert torch.equal(cached(x).logits, uncached(x).logits)
+
+
+def test_wrapper_shares_parameters_and_state_dict():
+    model = EGEUNet()
+    fm = make_fast(model, "train")
+    assert list(fm.state_dict()) == list(model.state_dict())
+    assert [n for n, _ in fm.named_parameters()] == [n for n, _ in model.named_parameters()]
+    assert all(p is q for p, q in zip(fm.parameters(), model.parameters()))
+    assert fm.loss_weights == model.loss_weights
+    assert make_fast(model, "infer").loss_weights == model.loss_weights[:1]
+    assert make_fast(model, "infer", side_outputs=True).loss_weights == model.loss_weights
+    fm2 = make_fast(fm, "infer")  # re-wrapping unwraps
+    assert fm2.inner is model
+
+
+def test_micro_batches_and_workers_give_the_same_numbers():
+    torch.manual_seed(7)
+    model = EGEUNet()
+    x, y = _batch(size=64, b=4)
+    with torch.no_grad():
+        whole = make_fast(model, "infer", micro_batch=64)(x).logits
+        chunked = make_fast(model, "infer", micro_batch=1)(x).logits
+        threaded = make_fast(model, "infer", micro_batch=1, workers=2)(x).logits
+    scale = float(whole.abs().max())
+    assert float((whole - chunked).abs().max()) <= 1e-4 * scale  # oneDNN picks kernels by batch size
+    assert float((chunked - threaded).abs().max()) <= 1e-5 * scale
+    # training through two worker threads: same outputs and gradients, deterministic
+    o1, g1 = _run(make_fast(model, "train", workers=1), x, y)
+    o2, g2 = _run(make_fast(model, "train", workers=2), x, y)
+    o3, g3 = _run(make_fast(model, "train", workers=2), x, y)
+    assert _max_out_diff(o1, o2) <= 1e-4 * scale
+    gscale = max(float(g.abs().max()) for g in g1.values())
+    for n in g1:
+        assert float((g1[n] - g2[n]).abs().max()) <= 1e-4 * gscale, n
+        assert torch.equal(g2[n], g3[n]), n
+
+
+def test_generic_model_and_batchnorm_not_chunked():
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+            self.bn = torch.nn.BatchNorm2d(4)
+            self.head = torch.nn.Conv2d(4, 1, 1)
+
+        def forward(self, x):
+            return self.head(torch.relu(self.bn(self.conv(x))))
+
+    torch.manual_seed(8)
+    net = Tiny()
+    x = torch.randn(4, 3, 32, 32)
+    fm = make_fast(net, "train", workers=2)
+    assert len(fm._chunks(x, training=True)) == 1  # BatchNorm in train mode: never split the batch
+    a = net(x)
+    b = fm(x)
+    assert isinstance(b, SegOutput) and torch.allclose(a, b.logits, atol=1e-5)
+    net.eval()  # running statistics: per-sample again, chunks allowed
+    fi = make_fast(net, "infer", workers=2, micro_batch=1)
+    assert len(fi._chunks(x, training=False)) == 4
+    with torch.no_grad():
+        assert torch.allclose(net(x), fi(x).logits, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_compiled_fast_path_matches():
+    torch.manual_seed(9)
+    model = EGEUNet()
+    x, _ = _batch(size=64)
+    compiled = make_fast(model, "infer", compile=True)
+    with torch.no_grad():
+        a = compiled(x).logits
+        b = model(x).logits
+    assert float((a - b).abs().max()) <= 1e-4 * max(1.0, float(b.abs().max()))
