@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 
 __all__ = [
-    "STATUS_FILE", "FINISHED_STATUSES", "record_dir_for", "atomic_write_bytes", "atomic_write_text",
+    "STATUS_FILE", "FINISHED_STATUSES", "record_dir_for", "atomic_write", "atomic_write_bytes", "atomic_write_text",
     "atomic_write_json", "atomic_write_csv", "atomic_torch_save", "read_json", "write_status", "read_status",
     "is_finished", "load_record", "RunRecord", "jsonable",
 ]
@@ -48,7 +48,9 @@ def record_dir_for(results_dir: str | os.PathLike, config_hash: str) -> Path:
 
 
 # ------------------------------------------------------------------------------ atomic writes
-def _atomic_write(path: Path, writer: Callable[[Any], None], binary: bool) -> None:
+def atomic_write(path: str | os.PathLike, writer: Callable[[Any], None], binary: bool = False) -> None:
+    """Write ``path`` atomically: ``writer`` fills an open temporary file in the same folder (text
+    with ``newline=""`` or binary), which is fsynced and moved into place; on error nothing changes."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -82,11 +84,11 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    _atomic_write(Path(path), lambda f: f.write(data), binary=True)
+    atomic_write(path, lambda f: f.write(data), binary=True)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    _atomic_write(Path(path), lambda f: f.write(text), binary=False)
+    atomic_write(path, lambda f: f.write(text), binary=False)
 
 
 def jsonable(obj: Any) -> Any:

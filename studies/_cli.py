@@ -9,17 +9,17 @@
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import fnmatch
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, NoReturn, Sequence
 
 from rich.console import Console
+
+from engine.record import atomic_write
 
 USAGE_ERROR = 2
 CHECK_FAILED = 1
@@ -92,21 +92,13 @@ def write_csv_atomic(rows: Iterable[dict[str, Any]], path: str | os.PathLike[str
             cols.extend(k for k in r if k not in cols)
         columns = cols
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
-            w = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore")
-            w.writeheader()
-            for r in rows:
-                w.writerow({k: _cell(r.get(k)) for k in columns})
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+
+    def write(fh: Any) -> None:
+        w = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: _cell(r.get(k)) for k in columns})
+
+    atomic_write(path, write)
     return path
 

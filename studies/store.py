@@ -23,7 +23,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Any, Iterable
 
 import pandas as pd
 
+from engine.record import atomic_write, atomic_write_text
 from studies.suites import BUDGETS, RunSpec, Suite, get_suite
 
 METRIC_COLUMNS = (
@@ -327,7 +327,7 @@ def measure_latency(results: str | os.PathLike, model: str, *, threads: int = 1,
         row.update(measured_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), host=os.uname().nodename)
         text = json.dumps({k: v for k, v in row.items() if isinstance(v, (str, int, float, bool, type(None)))},
                           indent=2, sort_keys=True)
-        _atomic_write(path, lambda p: Path(p).write_text(text + "\n"))
+        atomic_write_text(path, text + "\n")
         return _as_float(row.get("latency_ms_median"))
     finally:
         os.close(fd)
@@ -476,20 +476,6 @@ def build_table(results: str | os.PathLike, suite: Suite | str) -> pd.DataFrame:
     return df
 
 
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
 def write_table(results: str | os.PathLike, suite: Suite | str) -> tuple[pd.DataFrame, Path]:
     """Rebuild the suite's table from the run records and write ``results.csv`` / ``results.parquet``
     atomically (temp file + ``os.replace``). Returns the table and the csv path."""
@@ -498,6 +484,6 @@ def write_table(results: str | os.PathLike, suite: Suite | str) -> tuple[pd.Data
     d.mkdir(parents=True, exist_ok=True)
     with _FileLock(d / ".table.lock"):
         df = build_table(results, s)
-        _atomic_write(d / "results.csv", lambda p: df.to_csv(p, index=False))
-        _atomic_write(d / "results.parquet", lambda p: df.to_parquet(p, index=False))
+        atomic_write(d / "results.csv", lambda f: df.to_csv(f, index=False))
+        atomic_write(d / "results.parquet", lambda f: df.to_parquet(f, index=False), binary=True)
     return df, d / "results.csv"

@@ -126,3 +126,19 @@ def real_cache(tmp_path_factory, real_data_root):
     from types import SimpleNamespace
 
     return SimpleNamespace(path=cache, build_s=build_s, root=real_data_root)
+
+
+# ------------------------------------------------------------------ threads
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op torch thread for a test module, restored afterwards.
+
+    Test inputs are tiny; on shared 2-core machines multi-threaded OpenMP oversubscribes and spins
+    (measured >10x slower). Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``.
+    """
+    import torch
+
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)

@@ -47,13 +47,7 @@ def thop_profile(model: nn.Module, side: int, layer_info: bool = False) -> Any:
         return thop.profile(copy.deepcopy(model).eval(), inputs=(x,), verbose=False, ret_layer_info=layer_info)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny inputs: one intra-op thread is far faster than two on a shared, contended CPU."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

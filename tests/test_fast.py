@@ -38,13 +38,7 @@ CONFIGS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: stable and fast on shared cores (OpenMP barriers stall under load)."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _loss(out: SegOutput, y: torch.Tensor, weights) -> torch.Tensor:

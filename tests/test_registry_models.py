@@ -24,13 +24,7 @@ BASELINES = ("unet32", "unext", "unext_s", "malunet", "malunet_single", "transfu
              "transfuse_lite_t")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Single-threaded: on shared, oversubscribed CPUs multi-threaded OpenMP spins (>10x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _image(b: int, h: int, w: int, seed: int = 0) -> torch.Tensor:

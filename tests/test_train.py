@@ -16,13 +16,7 @@ THREADS = 1
 FAST = {"threads": THREADS, "progress": False, "profile": False}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Evaluation in the test process also uses one thread (2 shared cores: oversubscription is slow)."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(THREADS)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ---------------------------------------------------------------- recipe, schedule, budgets, config

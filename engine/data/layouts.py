@@ -180,6 +180,22 @@ def _file_ok(path: Path, size: int, problems: list[Problem], what: str) -> bool:
     return True
 
 
+def _add_file(file_id: str, entry: os.DirEntry, table: dict[str, Path], what: str,
+              stats: dict[Path, tuple[int, int]], bad: set[str], problems: list[Problem]) -> None:
+    """Record one image or mask file under its id; a duplicate id or an unusable file marks the id bad."""
+    p = Path(entry.path)
+    if file_id in table:
+        problems.append(Problem(str(p), f"{p}: duplicate {what} id {file_id} (also {table[file_id].name}); "
+                                        f"keep one file per id and remove the other"))
+        bad.add(file_id)
+        return
+    table[file_id] = p
+    st = entry.stat()
+    stats[p] = (st.st_size, st.st_mtime_ns)
+    if not _file_ok(p, st.st_size, problems, what):
+        bad.add(file_id)
+
+
 def _list_isic_part(base: Path, spec: PartSpec, problems: list[Problem]) -> list[Pair]:
     img_dir, mask_dir = base / spec.images, base / spec.masks
     img_entries = _scandir(img_dir, problems)
@@ -204,16 +220,7 @@ def _list_isic_part(base: Path, spec: PartSpec, problems: list[Problem]) -> list
                                             f"ISIC_<7 digits>.jpg/.jpeg/.png); remove or move it"))
             continue
         n_img_files += 1
-        if stem in images:
-            problems.append(Problem(str(p), f"{p}: duplicate image id {stem} (also {images[stem].name}); "
-                                            f"keep one file per id and remove the other"))
-            bad.add(stem)
-            continue
-        images[stem] = p
-        st = e.stat()
-        stats[p] = (st.st_size, st.st_mtime_ns)
-        if not _file_ok(p, st.st_size, problems, "image"):
-            bad.add(stem)
+        _add_file(stem, e, images, "image", stats, bad, problems)
     n_mask_files = 0
     for e in mask_entries:
         if _ignored(e.name):
@@ -228,17 +235,7 @@ def _list_isic_part(base: Path, spec: PartSpec, problems: list[Problem]) -> list
                                             f"ISIC_<7 digits>_segmentation.png); remove, rename or move it"))
             continue
         n_mask_files += 1
-        mid = m.group(1)
-        if mid in masks:
-            problems.append(Problem(str(p), f"{p}: duplicate mask id {mid} (also {masks[mid].name}); "
-                                            f"keep one file per id and remove the other"))
-            bad.add(mid)
-            continue
-        masks[mid] = p
-        st = e.stat()
-        stats[p] = (st.st_size, st.st_mtime_ns)
-        if not _file_ok(p, st.st_size, problems, "mask"):
-            bad.add(mid)
+        _add_file(m.group(1), e, masks, "mask", stats, bad, problems)
     if n_img_files == 0:
         problems.append(Problem(str(img_dir), f"{img_dir}: image folder holds no images (empty); "
                                               f"extract the official archive into it or remove the folder"))
