@@ -25,7 +25,10 @@ _REPO = Path(__file__).resolve().parents[1]
 
 
 def git_info(repo: str | os.PathLike | None = None) -> dict[str, Any]:
-    """``{"commit": sha | None, "dirty": bool | None}`` of the checkout holding this package."""
+    """``{"commit": sha | None, "dirty": bool | None}`` of the checkout holding this package.
+
+    Outside a git checkout, ``$EGEUNET_GIT_COMMIT`` (and ``$EGEUNET_GIT_DIRTY=1``) name the commit instead.
+    """
     cwd = str(repo or _REPO)
 
     def run(*args: str) -> str | None:
@@ -37,6 +40,10 @@ def git_info(repo: str | os.PathLike | None = None) -> dict[str, Any]:
 
     commit = run("rev-parse", "HEAD")
     if commit is None:
+        # A copy of the tree without .git (a batch node, a GPU box): the launcher may name the commit it copied.
+        named = os.environ.get("EGEUNET_GIT_COMMIT", "").strip()
+        if named:
+            return {"commit": named, "dirty": os.environ.get("EGEUNET_GIT_DIRTY", "0").strip() not in ("", "0")}
         return {"commit": None, "dirty": None}
     status = run("status", "--porcelain")  # untracked, non-ignored files count: they may be code
     return {"commit": commit.strip(), "dirty": None if status is None else bool(status.strip())}

@@ -62,6 +62,7 @@ TABLE_COLUMNS = (
     "best_epoch",
     "epochs",
     "wall_s",
+    "device",
     "status",
     "reason",
     "config_hash",
@@ -415,6 +416,7 @@ def record_row(record: Path) -> dict[str, Any]:
         best_epoch=_pick(metrics, "best_epoch"),
         epochs=_pick(metrics, "epochs"),
         wall_s=_as_float(_pick(metrics, "wall_s") or _pick(status, "wall_s")),
+        device=_device_label(env),
         status=status.get("status"),
         reason=status.get("reason"),
         commit=commit,
@@ -423,6 +425,15 @@ def record_row(record: Path) -> dict[str, Any]:
     if row["epochs"] is None:
         row["epochs"] = _history_epochs(record)
     return row
+
+
+def _device_label(env: dict[str, Any]) -> str | None:
+    """``cpu`` / ``cuda`` plus the device name, e.g. ``cuda (NVIDIA H200)`` (None for an old record)."""
+    dev = env.get("device")
+    if dev is None:
+        return None
+    name = env.get("device_name")
+    return f"{dev} ({name})" if name and str(dev).startswith("cuda") else str(dev)
 
 
 def build_table(results: str | os.PathLike, suite: Suite | str) -> pd.DataFrame:

@@ -66,6 +66,7 @@ def test_reference_table(reference):
     assert set(table["status"]) == {"done"}
     assert list(table.columns) == list(store.TABLE_COLUMNS)
     assert table["synthetic"].all()
+    assert set(table["device"]) == {"cpu"}  # from each record's env.json
     assert table[list(store.METRIC_COLUMNS)].notna().all().all()
     assert (table["params"] > 0).all() and table["epochs"].ge(1).all()
     assert pd.read_parquet(results / "smoke" / "results.parquet").shape == table.shape

@@ -236,3 +236,17 @@ def test_metrics_json_is_strict_json(smoke_run):
     text = (smoke_run.record_dir / "metrics.json").read_text()
     json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
     assert np.isfinite(smoke_run.metrics["wall_s"])
+
+
+def test_git_info_outside_a_checkout_uses_the_named_commit(tmp_path, monkeypatch):
+    from engine.env import git_info
+
+    here = git_info()
+    assert here["commit"] is not None and len(here["commit"]) == 40  # this test runs inside the checkout
+    monkeypatch.delenv("EGEUNET_GIT_COMMIT", raising=False)
+    assert git_info(tmp_path) == {"commit": None, "dirty": None}
+    monkeypatch.setenv("EGEUNET_GIT_COMMIT", "abc123")
+    assert git_info(tmp_path) == {"commit": "abc123", "dirty": False}
+    monkeypatch.setenv("EGEUNET_GIT_DIRTY", "1")
+    assert git_info(tmp_path) == {"commit": "abc123", "dirty": True}
+    assert git_info()["commit"] == here["commit"]  # a real checkout wins over the variable
