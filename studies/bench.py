@@ -315,6 +315,7 @@ def environment(device: torch.device, workers: int | None) -> dict[str, Any]:
     }
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
+        env["tf32"] = bool(torch.backends.cudnn.allow_tf32)
     try:
         env["loadavg_start"] = round(os.getloadavg()[0], 2)
     except OSError:
@@ -354,6 +355,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cases", default="infer1,infer16,train8,epoch", help="comma list of cases to run")
     p.add_argument("--epoch-rounds", type=int, default=1)
     p.add_argument("--omp-default", action="store_true", help="leave OMP_WAIT_POLICY unset (see module doc)")
+    p.add_argument("--tf32", action="store_true",
+                   help="cuda: let cuDNN / cuBLAS use TF32 for float32 (off by default: TF32 rounds inputs to a "
+                        "10-bit mantissa, ~1e-2 relative, so fp32 outputs would no longer match the reference)")
     args = p.parse_args(argv)
 
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -361,6 +365,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = bool(args.tf32)
     rounds = args.rounds or (3 if args.quick else 5)
     extra = [e for e in args.extra.split(",") if e]
     cases = [c for c in args.cases.split(",") if c]

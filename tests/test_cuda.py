@@ -34,7 +34,16 @@ def test_amp_training_run_on_cuda(smoke_config, tmp_path):
     assert ck["config_hash"] == res.config_hash
 
 
-def test_fast_path_on_cuda_matches_reference():
+@pytest.fixture
+def strict_fp32():
+    """cuDNN convolutions default to TF32 (10-bit mantissa): switch it off to compare float32 numbers."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def test_fast_path_on_cuda_matches_reference(strict_fp32):
     torch.manual_seed(0)
     ref = ReferenceEGEUNet().cuda()
     fm = make_fast(EGEUNet(), "train").cuda()
@@ -42,8 +51,10 @@ def test_fast_path_on_cuda_matches_reference():
     x = torch.rand(2, 3, 96, 96, device="cuda") * 255
     with torch.no_grad():
         a, b = ref(x).logits, fm(x).logits
+        a64 = copy.deepcopy(ref).double()(x.double()).logits
     scale = max(1.0, float(a.abs().max()))
     assert float((a - b).abs().max()) <= 1e-4 * scale
+    assert float((b.double() - a64).abs().max()) <= 1e-4 * scale
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.float16):
         h = fm(x).logits
     assert torch.isfinite(h).all()
