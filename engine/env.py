@@ -27,7 +27,8 @@ _REPO = Path(__file__).resolve().parents[1]
 def git_info(repo: str | os.PathLike | None = None) -> dict[str, Any]:
     """``{"commit": sha | None, "dirty": bool | None}`` of the checkout holding this package.
 
-    Outside a git checkout, ``$EGEUNET_GIT_COMMIT`` (and ``$EGEUNET_GIT_DIRTY=1``) name the commit instead.
+    ``$EGEUNET_GIT_COMMIT`` (and ``$EGEUNET_GIT_DIRTY=1``), when set, name the commit instead: for a copy
+    of the tree without its ``.git`` or with a stale one.
     """
     cwd = str(repo or _REPO)
 
@@ -38,12 +39,13 @@ def git_info(repo: str | os.PathLike | None = None) -> dict[str, Any]:
             return None
         return res.stdout if res.returncode == 0 else None
 
+    # A copied tree (a batch node, a GPU box) may carry no .git or a stale one: the launcher that copied
+    # it names the commit instead, and that wins.
+    named = os.environ.get("EGEUNET_GIT_COMMIT", "").strip()
+    if named:
+        return {"commit": named, "dirty": os.environ.get("EGEUNET_GIT_DIRTY", "0").strip() not in ("", "0")}
     commit = run("rev-parse", "HEAD")
     if commit is None:
-        # A copy of the tree without .git (a batch node, a GPU box): the launcher may name the commit it copied.
-        named = os.environ.get("EGEUNET_GIT_COMMIT", "").strip()
-        if named:
-            return {"commit": named, "dirty": os.environ.get("EGEUNET_GIT_DIRTY", "0").strip() not in ("", "0")}
         return {"commit": None, "dirty": None}
     status = run("status", "--porcelain")  # untracked, non-ignored files count: they may be code
     return {"commit": commit.strip(), "dirty": None if status is None else bool(status.strip())}

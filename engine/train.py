@@ -358,7 +358,8 @@ class _Progress:
 def run_training(cfg: RunConfig, results_dir: str | os.PathLike, *, data_root: str | os.PathLike | None = None,
                  device: str | torch.device = "cpu", threads: int | None = None, progress: Any = None,
                  cache_dir: str | os.PathLike | None = None, eval_batch_size: int = 16,
-                 deterministic: bool | None = None, profile: bool = True, overwrite: bool = False) -> RunResult:
+                 deterministic: bool | None = None, profile: bool = True, overwrite: bool = False,
+                 fast: bool | None = None) -> RunResult:
     """Train ``cfg`` into ``<results_dir>/runs/<config_hash>/`` (resuming an unfinished record).
 
     ``device``: ``cpu`` / ``cuda[:i]``; ``threads``: torch CPU threads for the run (restored after);
@@ -367,7 +368,10 @@ def run_training(cfg: RunConfig, results_dir: str | os.PathLike, *, data_root: s
     eta_s``; ``eval_batch_size``: evaluation batch (results do not depend on it);
     ``deterministic``: ``torch.use_deterministic_algorithms`` (default: on for CPU, off for CUDA);
     ``profile``: complexity.json from ``engine.profile.profile_model`` (False = params only, fast);
-    ``overwrite``: delete a finished record and run again. See the module docstring for failures.
+    ``overwrite``: delete a finished record and run again; ``fast``: train and evaluate through
+    :func:`engine.fast.make_fast` (same parameters, same numbers to float32 round-off; default: on for
+    EGE-UNet models on the CPU, where it pays, off elsewhere; recorded in ``env.json`` as ``fast_path``;
+    not part of the config hash). See the module docstring for failures.
     """
     chash = cfg.config_hash()
     rdir = record_dir_for(results_dir, chash)
@@ -382,7 +386,7 @@ def run_training(cfg: RunConfig, results_dir: str | os.PathLike, *, data_root: s
         raise RuntimeError(f"device {device!r} requested but CUDA is not available")
     det = (dev.type == "cpu") if deterministic is None else bool(deterministic)
     runner = _Run(cfg, rdir, chash, data_root=data_root, cache_dir=cache_dir, device=dev, threads=threads,
-                  progress=progress, eval_batch_size=eval_batch_size, profile=profile)
+                  progress=progress, eval_batch_size=eval_batch_size, profile=profile, fast=fast)
     with _runtime(dev, threads, det):
         return runner.run()
 
@@ -402,7 +406,7 @@ def _state_to_cpu(state: dict[str, Any]) -> dict[str, Any]:
 class _Run:
     def __init__(self, cfg: RunConfig, rdir: Path, chash: str, *, data_root: Any, cache_dir: Any,
                  device: torch.device, threads: int | None, progress: Any, eval_batch_size: int,
-                 profile: bool) -> None:
+                 profile: bool, fast: bool | None = None) -> None:
         self.cfg, self.rdir, self.chash = cfg, rdir, chash
         self.recipe = cfg.resolved_recipe()
         self.data_root, self.cache_dir = data_root, cache_dir
@@ -410,6 +414,8 @@ class _Run:
         self.progress_spec = progress
         self.eval_bs = max(1, int(eval_batch_size))
         self.profile = profile
+        self.fast_request = fast
+        self.use_fast = False
         self.use_amp = self.recipe.amp and device.type == "cuda"
         self.ckpt_dir = rdir / "checkpoints"
         self.history: list[dict[str, Any]] = []
@@ -440,6 +446,7 @@ class _Run:
         env["sessions"] = sessions
         env["deterministic_algorithms"] = torch.are_deterministic_algorithms_enabled()
         env["amp"] = self.use_amp
+        env["fast_path"] = self.use_fast
         atomic_write_json(path, env)
 
     def _load_data(self) -> None:
@@ -461,6 +468,7 @@ class _Run:
         seed_everything(cfg.seed)
         self.model: nn.Module = create_model(cfg.model, **cfg.model_overrides).to(self.device)
         self.weights = loss_weights_of(self.model)
+        self.train_model, self.eval_model = self._fast_views()
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=r.lr, betas=r.betas, eps=r.eps,
                                            weight_decay=r.weight_decay, amsgrad=False)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=r.t_max, eta_min=r.eta_min)
@@ -499,6 +507,20 @@ class _Run:
             "format": CHECKPOINT_FORMAT, "config_hash": self.chash, "epoch": self.best["epoch"],
             "value": self.best["value"], "criterion": self.recipe.selection, "model": self.best["state"],
         })
+
+    def _fast_views(self) -> tuple[nn.Module, nn.Module]:
+        """The modules that train and evaluate: the model itself, or fast-path views sharing its parameters."""
+        from egeunet.model import EGEUNet
+        from engine.fast import make_fast
+
+        fast = self.fast_request
+        if fast is None:
+            fast = self.device.type == "cpu" and isinstance(self.model, EGEUNet)
+        self.use_fast = bool(fast)
+        if not self.use_fast:
+            return self.model, self.model
+        # evaluation keeps the side outputs: the validation loss that selects the checkpoint is the training loss
+        return make_fast(self.model, "train"), make_fast(self.model, "infer", side_outputs=True)
 
     def _resume(self) -> int:
         path = self.ckpt_dir / "latest.pt"
@@ -540,7 +562,7 @@ class _Run:
             y = torch.from_numpy(self.train_data.masks[idx]).to(self.device).unsqueeze(1).float()
             x, y = augment_batch(x, y, self.aug_gen, paper_quirks=r.paper_quirks, run_angle=self.run_angle)
             with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.use_amp):
-                out = as_seg_output(self.model(x))
+                out = as_seg_output(self.train_model(x))
             loss = model_loss(out, y, self.weights)
             value = float(loss.detach().item())
             if not math.isfinite(value):
@@ -558,7 +580,8 @@ class _Run:
 
     def _evaluate(self, data: Any, max_images: int | None) -> EvalResult:
         try:
-            return evaluate(self.model, data, device=self.device, batch_size=self.eval_bs, loss_weights=self.weights,
+            return evaluate(self.eval_model, data, device=self.device, batch_size=self.eval_bs,
+                            loss_weights=self.weights,
                             max_images=max_images)
         finally:
             self.model.train()

@@ -428,12 +428,21 @@ def record_row(record: Path) -> dict[str, Any]:
 
 
 def _device_label(env: dict[str, Any]) -> str | None:
-    """``cpu`` / ``cuda`` plus the device name, e.g. ``cuda (NVIDIA H200)`` (None for an old record)."""
+    """Where the run trained: ``cpu``, ``cuda (NVIDIA H200)``, or ``cuda -> cpu`` for a run resumed on
+    another device (the record's sessions, in order). None for a record without env.json."""
     dev = env.get("device")
     if dev is None:
         return None
     name = env.get("device_name")
-    return f"{dev} ({name})" if name and str(dev).startswith("cuda") else str(dev)
+    last = f"{dev} ({name})" if name and str(dev).startswith("cuda") else str(dev)
+    seen: list[str] = []
+    for s in env.get("sessions") or []:
+        d = str(s.get("device")) if isinstance(s, dict) and s.get("device") else None
+        if d and (not seen or seen[-1] != d):
+            seen.append(d)
+    if len(seen) > 1:
+        return " -> ".join([*seen[:-1], last])
+    return last
 
 
 def build_table(results: str | os.PathLike, suite: Suite | str) -> pd.DataFrame:

@@ -304,3 +304,13 @@ def test_a_failed_run_gives_exit_1_after_the_others(reference, tmp_path):
     table = pd.read_csv(results / "smoke" / "results.csv").set_index("config_hash")
     assert table.loc[first, "status"] == "failed" and table.loc[first, "reason"] == "diverged at epoch 2"
     assert table.loc[second, "status"] == "done" and len(table) == N_SMOKE
+
+
+def test_device_label_names_every_device_a_run_trained_on():
+    label = store._device_label
+    assert label({}) is None
+    assert label({"device": "cpu", "sessions": [{"device": "cpu"}, {"device": "cpu"}]}) == "cpu"
+    assert label({"device": "cuda", "device_name": "NVIDIA H200", "sessions": [{"device": "cuda"}]}) \
+        == "cuda (NVIDIA H200)"
+    resumed = {"device": "cpu", "device_name": "AMD EPYC", "sessions": [{"device": "cuda"}, {"device": "cpu"}]}
+    assert label(resumed) == "cuda -> cpu"

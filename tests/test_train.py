@@ -249,4 +249,21 @@ def test_git_info_outside_a_checkout_uses_the_named_commit(tmp_path, monkeypatch
     assert git_info(tmp_path) == {"commit": "abc123", "dirty": False}
     monkeypatch.setenv("EGEUNET_GIT_DIRTY", "1")
     assert git_info(tmp_path) == {"commit": "abc123", "dirty": True}
-    assert git_info()["commit"] == here["commit"]  # a real checkout wins over the variable
+    assert git_info()["commit"] == "abc123"  # the launcher's word wins over a (possibly stale) .git
+
+
+def test_fast_path_is_the_cpu_default_for_egeunet_and_trains_like_the_plain_model(smoke_run, smoke_config, tmp_path):
+    assert smoke_run.record_dir.joinpath("env.json").exists()
+    assert load_record(smoke_run.record_dir).env["fast_path"] is True  # default: EGE-UNet on the CPU
+    plain = run_training(smoke_config(), tmp_path / "plain", fast=False, **FAST)
+    assert load_record(plain.record_dir).env["fast_path"] is False
+    # same seed, same data order and augmentation: the two paths differ only by float32 round-off
+    fast_hist = load_record(smoke_run.record_dir).history
+    plain_hist = load_record(plain.record_dir).history
+    for f, p in zip(fast_hist, plain_hist, strict=True):
+        assert f["train_loss"] == pytest.approx(p["train_loss"], rel=1e-3)
+        assert f["val_loss"] == pytest.approx(p["val_loss"], rel=1e-3)
+    for key in ("pooled_dsc", "per_image_dsc_mean"):
+        assert smoke_run.metrics["test"][key] == pytest.approx(plain.metrics["test"][key], abs=5e-3)
+    baseline = run_training(smoke_config(model="unext_s"), tmp_path / "base", **FAST)
+    assert load_record(baseline.record_dir).env["fast_path"] is False  # baselines keep the plain path

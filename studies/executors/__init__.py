@@ -46,6 +46,7 @@ class RunTask:
     threads: int | None = None
     session_start: float = field(default_factory=time.time)  # a failure recorded after this is a peer's
     retry_failed: bool = False  # run again a run that failed in an earlier session (its record moved aside)
+    fast: bool | None = None  # engine fast path (None = the engine's default: EGE-UNet on CPU)
 
 
 @dataclass(frozen=True)
@@ -146,6 +147,7 @@ def _train(task: RunTask, progress: ProgressCallback | None) -> RunOutcome:
             device=task.device,
             threads=task.threads,
             progress=progress if progress is not None else False,  # no engine bars inside a suite
+            fast=task.fast,
         )
     except Exception as e:  # noqa: BLE001 - one failed run must not stop the suite
         tb = traceback.extract_tb(e.__traceback__)
