@@ -187,10 +187,19 @@ def test_latex_caption_states_data_conventions_and_test(smoke_report: Path):
     assert "SYNTHETIC DATA" in caption and "\\textbf{" in caption
     for needed in ("synthetic (test split)", "protocol clean", "budget smoke", "n = 1 seed", "pooled over all test",
                    "per-image DSC", "legacy-thop GMACs", "Wilcoxon signed-rank over per-image DSC", "n = 8 images",
-                   "Holm", "64$\\times$64 pixels"):
+                   "Holm", "64$\\times$64 pixels", "Trained on cpu."):
         assert needed in caption, needed
     assert "\\toprule" in tex and "\\midrule" in tex and "\\bottomrule" in tex and "\\cmidrule" in tex
     assert "egeunet\\_no\\_gab" in tex and "egeunet_no_gab" not in tex
+
+
+def test_caption_names_mixed_training_devices():
+    from studies.reporting.tables import _device_phrase
+
+    assert _device_phrase(pd.DataFrame({"variant": ["a"]})) == ""
+    assert _device_phrase(pd.DataFrame({"device": ["cpu", "cpu"]})) == "Trained on cpu."
+    mixed = _device_phrase(pd.DataFrame({"device": ["cpu", "cuda -> cpu", "cuda -> cpu"]}))
+    assert mixed.startswith("Trained on cpu (1 run), cuda -> cpu (2 runs)")
 
 
 def test_significance_marks_follow_stats(smoke_report: Path):

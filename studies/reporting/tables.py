@@ -129,6 +129,20 @@ def _seed_phrase(table: Table) -> str:
             f"(column n; seeds {seed_list})")
 
 
+def _device_phrase(runs: pd.DataFrame) -> str:
+    """'Trained on cpu.' or, for mixed devices, 'Trained on cpu (2 runs), cuda -> cpu (5 runs).' ('' if unknown)."""
+    if "device" not in runs.columns:
+        return ""
+    devices = runs["device"].dropna().astype(str)
+    if devices.empty:
+        return ""
+    counts = devices.value_counts(sort=False)
+    if len(counts) == 1:
+        return f"Trained on {counts.index[0]}."
+    listed = ", ".join(f"{d} ({n} run{'s' if n != 1 else ''})" for d, n in counts.items())
+    return f"Trained on {listed}; a -> marks a run resumed on another device."
+
+
 def caption(table: Table, flavour: str = "latex") -> str:
     """Caption naming dataset, protocol, budget, metric convention, seeds, tests and correction."""
     g = table.group
@@ -141,6 +155,9 @@ def caption(table: Table, flavour: str = "latex") -> str:
     parts.append(f"{esc(g.runs['suite'].iloc[0])} suite on {esc(g.dataset)} (test split), protocol "
                  f"{esc(g.protocol)}, budget {esc(g.budget)}.")
     parts.append(_seed_phrase(table).replace("$\\pm$", pm) + ".")
+    where = _device_phrase(g.runs)
+    if where:
+        parts.append(esc(where).replace(" -> ", " $\\to$ ") if flavour == "latex" else where)
     times = "$1\\times3\\times256\\times256$" if flavour == "latex" else "1×3×256×256"
     if table.eval_sizes:
         res = " / ".join(r.replace("x", "$\\times$" if flavour == "latex" else "×") for r in table.eval_sizes)
