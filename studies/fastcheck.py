@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     root = args.data_root
     if not dataset_available(args.dataset, root):
         fail(PROG, f"dataset {args.dataset!r} not found (looked under --data-root / $EGEUNET_DATA / ../shared/data); "
-                   f"this check needs real data", code=2)
+                   f"use --dataset synthetic for a pipeline check", code=2)
     rows: list[dict[str, Any]] = []
     finals: list[dict[str, Any]] = []
     for seed in seeds:
