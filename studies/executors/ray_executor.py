@@ -64,6 +64,8 @@ DEFAULT_GPU_RULE = "1M:0.25,5M:0.5,*:1"
 DEFAULT_MAX_RETRIES = 3
 LOCAL_OBJECT_STORE_MB = 512  # a local cluster's object store: records are small (Ray spills beyond)
 STAGING_ENV = "EGEUNET_RAY_STAGING"
+CLEANUP_LOCK_WAIT_S = 30.0  # a staging clean-up waits this long for the trainer to release the run's lock
+CLEANUP_WAIT_S = 60.0  # the driver waits this long, at the end, for the clean-ups (seconds on an idle machine)
 ATTEMPTS_DIR = "attempts"  # <staging>/attempts/<hash>.jsonl: one line per attempt (pid, node, time)
 PACKAGES = ("egeunet", "baselines", "engine", "studies")
 
@@ -371,7 +373,7 @@ class RayExecutor:
         finally:
             if cleanups and ray.is_initialized():  # let the staging clean-ups finish (best effort)
                 try:
-                    ray.wait(cleanups, num_returns=len(cleanups), timeout=10)
+                    ray.wait(cleanups, num_returns=len(cleanups), timeout=CLEANUP_WAIT_S)
                 except Exception:  # noqa: BLE001
                     pass
             if owns:
@@ -597,7 +599,8 @@ def _ray_cleanup(staging: str | None, chash: str) -> bool:
     """Delete a committed run's staging record (on the node that trained it) unless a run holds it."""
     staging = staging or default_staging()
     lock = store.RunLock(staging, chash)
-    if not lock.acquire(blocking=False):
+    # the trainer releases the lock just after returning its files: wait for that, not for a live run
+    if not lock.acquire(blocking=True, timeout=CLEANUP_LOCK_WAIT_S):
         return False
     try:
         rec = store.run_dir(staging, chash)
