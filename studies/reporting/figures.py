@@ -204,6 +204,9 @@ def ablation_bars(table: Table, stem: Path) -> FigureOutcome:
             sd = std[ref]
             ref_txt = f"{base:.2f}" + (f" ± {sd:.2f}" if np.isfinite(sd) else "") + " %"
             ax.set_xlabel(f"Δ pooled DSC vs {ref} (percentage points)\n{ref} = {ref_txt}")
+            from matplotlib.ticker import MaxNLocator
+
+            ax.xaxis.set_major_locator(MaxNLocator(nbins=5, steps=[1, 2, 2.5, 5, 10]))  # no colliding labels
         else:
             ax.set_xlabel("DSC, pooled (%)")
         d = delta[order].to_numpy()
