@@ -196,22 +196,28 @@ def interp_matrix(n_in: int, n_out: int, dtype: torch.dtype = torch.float32,
     key = (n_in, n_out, dtype, str(device))
     m = _INTERP_CACHE.get(key)
     if m is None:
-        op = torch.float64 if dtype == torch.float64 else torch.float32
-        i = torch.arange(n_out, dtype=op)
-        # ATen: scale = static_cast<opmath>(in - 1) / (out - 1); src = scale * i, both in opmath precision
-        scale = (torch.tensor(float(n_in - 1), dtype=op) / torch.tensor(float(n_out - 1), dtype=op)
-                 if n_out > 1 else torch.tensor(0.0, dtype=op))
-        src = scale * i
-        i0 = src.floor().long().clamp(max=n_in - 1)
-        lam1 = (src - i0.to(op)).clamp(0, 1)
-        i1 = torch.where(i0 < n_in - 1, i0 + 1, i0)
-        m = torch.zeros(n_out, n_in, dtype=op)
-        rows = torch.arange(n_out)
-        m.index_put_((rows, i0), 1 - lam1, accumulate=True)
-        m.index_put_((rows, i1), lam1, accumulate=True)
-        m = m.to(dtype=dtype, device=device)
+        m = _interp_matrix(n_in, n_out, dtype, device)
         _INTERP_CACHE[key] = m
     return m
+
+
+@torch.inference_mode(False)  # a normal tensor even when first asked for under inference mode: training reuses it
+def _interp_matrix(n_in: int, n_out: int, dtype: torch.dtype, device: torch.device | str) -> Tensor:
+    """The uncached :func:`interp_matrix`."""
+    op = torch.float64 if dtype == torch.float64 else torch.float32
+    i = torch.arange(n_out, dtype=op)
+    # ATen: scale = static_cast<opmath>(in - 1) / (out - 1); src = scale * i, both in opmath precision
+    scale = (torch.tensor(float(n_in - 1), dtype=op) / torch.tensor(float(n_out - 1), dtype=op)
+             if n_out > 1 else torch.tensor(0.0, dtype=op))
+    src = scale * i
+    i0 = src.floor().long().clamp(max=n_in - 1)
+    lam1 = (src - i0.to(op)).clamp(0, 1)
+    i1 = torch.where(i0 < n_in - 1, i0 + 1, i0)
+    m = torch.zeros(n_out, n_in, dtype=op)
+    rows = torch.arange(n_out)
+    m.index_put_((rows, i0), 1 - lam1, accumulate=True)
+    m.index_put_((rows, i1), lam1, accumulate=True)
+    return m.to(dtype=dtype, device=device)
 
 
 _INTERP_CACHE: dict[tuple, Tensor] = {}

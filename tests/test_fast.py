@@ -295,3 +295,15 @@ def test_compiled_fast_path_matches():
         a = compiled(x).logits
         b = model(x).logits
     assert float((a - b).abs().max()) <= 1e-4 * max(1.0, float(b.abs().max()))
+
+
+def test_cached_interp_weights_made_under_inference_mode_serve_training():
+    # a worker process may evaluate (inference mode) before it trains another run at the same size
+    fast._INTERP_CACHE.clear()
+    model = EGEUNet()
+    with torch.inference_mode():
+        make_fast(model, "infer", side_outputs=True)(torch.rand(1, 3, 64, 64) * 255)
+    assert fast._INTERP_CACHE and not any(m.is_inference() for m in fast._INTERP_CACHE.values())
+    x, y = _batch(size=64)
+    out, grads = _run(make_fast(model, "train"), x, y)
+    assert all(torch.isfinite(g).all() for g in grads.values())
