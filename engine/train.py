@@ -581,8 +581,7 @@ class _Run:
     def _evaluate(self, data: Any, max_images: int | None) -> EvalResult:
         try:
             return evaluate(self.eval_model, data, device=self.device, batch_size=self.eval_bs,
-                            loss_weights=self.weights,
-                            max_images=max_images)
+                            loss_weights=self.weights, max_images=max_images)
         finally:
             self.model.train()
 

@@ -229,6 +229,17 @@ def bench_infer(cands: dict[str, Candidate], device: torch.device, batch: int, r
     return interleaved({n: unit(c) for n, c in cands.items()}, rounds, device)
 
 
+def _train_step(c: Candidate, device: torch.device, x: torch.Tensor, y: torch.Tensor, weights: tuple,
+                loss_fn: Callable) -> None:
+    """Forward (autocast for the amp candidate) + loss + backward + AdamW step, as engine.train does."""
+    with _amp(c, device):
+        out = c.train(x)
+    loss = loss_fn(out, y, weights)
+    c.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    c.opt.step()
+
+
 def bench_train(cands: dict[str, Candidate], device: torch.device, batch: int, rounds: int, reps: int,
                 loss_fn: Callable) -> dict[str, list[float]]:
     g = torch.Generator().manual_seed(2)
@@ -240,12 +251,7 @@ def bench_train(cands: dict[str, Candidate], device: torch.device, batch: int, r
 
         def f() -> int:
             for _ in range(reps):
-                with _amp(c, device):
-                    out = c.train(x)
-                loss = loss_fn(out, y, w)
-                c.opt.zero_grad(set_to_none=True)
-                loss.backward()
-                c.opt.step()
+                _train_step(c, device, x, y, w, loss_fn)
             return batch * reps
         return f
 
@@ -284,12 +290,7 @@ def bench_epoch(cands: dict[str, Candidate], device: torch.device, data: Any, ba
                 x = normalise(data.images[idx], device=device)
                 y = torch.from_numpy(data.masks[idx]).to(device).unsqueeze(1).float()
                 x, y = augment_batch(x, y, aug)
-                with _amp(c, device):
-                    out = c.train(x)
-                loss = loss_fn(out, y, w)
-                c.opt.zero_grad(set_to_none=True)
-                loss.backward()
-                c.opt.step()
+                _train_step(c, device, x, y, w, loss_fn)
             return n
         return f
 

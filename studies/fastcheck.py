@@ -71,9 +71,14 @@ def _config(args: argparse.Namespace, seed: int) -> Any:
     return RunConfig(model="egeunet", dataset=args.dataset, protocol="clean", budget="cpu", seed=seed, recipe=recipe)
 
 
+def _val_dsc(rows: list[dict[str, Any]]) -> dict[tuple[int, str, int], float]:
+    """(seed, path, epoch) -> validation pooled DSC."""
+    return {(r["seed"], r["path"], r["epoch"]): r["val_pooled_dsc"] for r in rows}
+
+
 def summarise(rows: list[dict[str, Any]], seeds: list[int]) -> dict[str, float]:
     """Largest per-epoch |val DSC| differences: same seed across paths, and across seeds per path."""
-    dsc = {(r["seed"], r["path"], r["epoch"]): r["val_pooled_dsc"] for r in rows}
+    dsc = _val_dsc(rows)
     epochs = sorted({r["epoch"] for r in rows})
     same = [abs(dsc[(s, "fast", e)] - dsc[(s, "plain", e)]) for s in seeds for e in epochs]
     across = [abs(dsc[(a, p, e)] - dsc[(b, p, e)])
@@ -142,7 +147,7 @@ def _print(con: Any, rows: list[dict[str, Any]], finals: list[dict[str, Any]], s
         for p in PATHS:
             t.add_column(f"s{s} {p}", justify="right")
         t.add_column(f"s{s} |diff|", justify="right")
-    dsc = {(r["seed"], r["path"], r["epoch"]): r["val_pooled_dsc"] for r in rows}
+    dsc = _val_dsc(rows)
     for e in sorted({r["epoch"] for r in rows}):
         cells = [str(e)]
         for s in seeds:
