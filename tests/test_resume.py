@@ -19,9 +19,9 @@ from engine.train import RunConfig, run_training
 
 THREADS = 1
 REPO = Path(__file__).resolve().parents[1]
-# 4 epochs of 24 images: long enough to be killed mid-run, short enough for the suite
+# 8 epochs of 24 images: long enough to be killed twice mid-run (fast-path epochs are short), short enough
 CFG = {"model": "egeunet", "dataset": "synthetic", "budget": "smoke", "seed": 7,
-       "recipe": {"epochs": 4, "max_train_images": 24}}
+       "recipe": {"epochs": 8, "max_train_images": 24}}
 
 SCRIPT = """
 import json, sys
