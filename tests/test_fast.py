@@ -307,3 +307,53 @@ def test_cached_interp_weights_made_under_inference_mode_serve_training():
     x, y = _batch(size=64)
     out, grads = _run(make_fast(model, "train"), x, y)
     assert all(torch.isfinite(g).all() for g in grads.values())
+
+
+@pytest.mark.parametrize("dilation", [1, 2, 5, 7])
+@pytest.mark.parametrize("bias", [True, False])
+def test_depthwise_conv_backward_equals_autograd(dilation, bias):
+    g = torch.Generator().manual_seed(11 + dilation)
+    for c, h in ((5, 24), (9, 16), (3, 8)):  # h=8 with dilation 7: taps that never overlap the image
+        mod = torch.nn.Conv2d(c, c, 3, padding=dilation, dilation=dilation, groups=c, bias=bias).double()
+        x = torch.randn(2, c, h, h + 3, generator=g, dtype=torch.float64).contiguous(memory_format=CL)
+        gy = torch.randn(2, c, h, h + 3, generator=g, dtype=torch.float64)
+        xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ya = mod(xa)
+        ga = torch.autograd.grad(ya, [xa, *mod.parameters()], gy)
+        yb = fast.conv(mod, xb)
+        assert yb.grad_fn is not None and "DepthwiseConv" in type(yb.grad_fn).__name__
+        gb = torch.autograd.grad(yb, [xb, *mod.parameters()], gy)
+        assert torch.equal(ya, yb)  # the forward is F.conv2d itself
+        for a, b in zip(ga, gb):
+            assert torch.allclose(a, b, atol=1e-11), float((a - b).abs().max())
+    # a non-'same' depth-wise conv and an input that needs no gradient keep the plain path
+    strided = torch.nn.Conv2d(4, 4, 3, stride=2, padding=1, groups=4)
+    assert "DepthwiseConv" not in type(fast.conv(strided, torch.randn(1, 4, 8, 8).contiguous(memory_format=CL)
+                                                 ).grad_fn).__name__
+
+
+@pytest.mark.parametrize("negative", [False, True])
+def test_group_norm_pool_equals_pool_of_group_norm(negative):
+    g = torch.Generator().manual_seed(21)
+    for c, groups in ((8, 4), (16, 4), (24, 4)):
+        gn = torch.nn.GroupNorm(groups, c).double()
+        with torch.no_grad():
+            gn.weight.normal_(generator=g)
+            gn.bias.normal_(generator=g)
+            if not negative:
+                gn.weight.abs_()
+        x = (torch.randn(2, c, 16, 20, generator=g) * 3 + 5).double().contiguous(memory_format=CL)
+        x[0, :, :4, :4] = 1.5  # a constant patch: tied maxima inside pooling windows
+        gy = torch.randn(2, c, 8, 10, generator=g).double()
+        xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ya = F.max_pool2d(gn(xa.contiguous()), 2, 2)
+        ga = torch.autograd.grad(ya, [xa, gn.weight, gn.bias], gy)
+        yb = fast.group_norm_pool(gn, xb)
+        gb = torch.autograd.grad(yb, [xb, gn.weight, gn.bias], gy)
+        assert torch.allclose(ya, yb, atol=1e-12)
+        for a, b in zip(ga, gb):
+            assert torch.allclose(a, b, atol=1e-10), float((a - b).abs().max())
+        with torch.no_grad():  # the inference branch
+            assert torch.allclose(fast.group_norm_pool(gn, x), F.max_pool2d(gn(x.contiguous()), 2, 2), atol=1e-12)
+        if negative:
+            assert bool((gn.weight < 0).any())
