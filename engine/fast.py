@@ -38,7 +38,11 @@ Measured and *not* kept (numbers in the bench report): ``torch.compile`` (induct
 on inference after 77-260 s of compilation, and the compiled training step ran *slower* than this
 eager path (0.8x); native channels-last GroupNorm (inaccurate, slow backward); ``F.layer_norm`` for
 rows of < 16 values; splitting the training batch into micro-batches (0.7-0.9x); ``var_mean``
-(Welford) reductions (5-10x slower than two passes here); glibc malloc tunables (no change).
+(Welford) reductions (5-10x slower than two passes here); glibc malloc tunables or ``mallopt`` (minor
+page faults per training step fell from ~5,500 to ~500, the step time did not measurably change);
+LayerNorm statistics as GEMMs with a block-averaging matrix (1.3-3.8x slower than the formula);
+NCHW for the plain 3x3 convs (1.1-3.3x slower, forward and backward); the 3x3 input gradient as a
+forward conv on transposed weights (no gain over oneDNN's backward).
 
 Numbers: outputs and gradients agree with :class:`egeunet.reference.ReferenceEGEUNet` to float32
 round-off -- the fast path is as close to a float64 evaluation as the reference itself -- and to
