@@ -354,6 +354,10 @@ def test_group_norm_pool_equals_pool_of_group_norm(negative):
         for a, b in zip(ga, gb):
             assert torch.allclose(a, b, atol=1e-10), float((a - b).abs().max())
         with torch.no_grad():  # the inference branch
-            assert torch.allclose(fast.group_norm_pool(gn, x), F.max_pool2d(gn(x.contiguous()), 2, 2), atol=1e-12)
+            expect = F.max_pool2d(gn(x.contiguous()), 2, 2)
+            assert torch.allclose(fast.group_norm_pool(gn, x), expect, atol=1e-12)
+            scratch = x.clone()
+            assert torch.allclose(fast.group_norm_pool(gn, scratch, inplace=True), expect, atol=1e-12)
+            assert not torch.equal(scratch, x)  # the in-place branch did use x's storage
         if negative:
             assert bool((gn.weight < 0).any())
