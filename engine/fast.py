@@ -27,12 +27,13 @@ their names: ``state_dict`` keys are the plain model's) and returns the same
 7. **Encoder GroupNorm + max-pool fused**: the affine GroupNorm commutes with max-pooling, so the
    normalised full-size map is never written and the backward works at pooled size plus one
    full-size ``addcmul`` (1.1-1.3x on the whole training step in interleaved A/B runs).
-8. **Optional inter-op workers** (``workers=2``): the batch is split into chunks run by
+8. **Inter-op workers** (default: one per torch thread): the batch is split into chunks run by
    single-threaded worker threads of this process (ATen releases the GIL); training gradients are
    computed per chunk with ``torch.autograd.grad`` and summed in chunk order (deterministic). Every
    EGE-UNet op is per-sample (GroupNorm per image, LayerNorm per pixel, no BatchNorm), so chunks
-   give the whole batch's numbers. Not the default: on the shared 2-core machine it measured no
-   faster than one thread (the second core is rarely free); use it on an idle multi-core box.
+   give the whole batch's numbers. On the idle 2-core machine two workers beat one process with two
+   intra-op threads by 1.4x (training) to 2x (inference at batch 16): these small ops split poorly
+   across threads. A process with one thread (``--workers N`` suites) is unaffected.
 
 Measured and *not* kept (numbers in the bench report): ``torch.compile`` (inductor, CPU) -- 1.25x
 on inference after 77-260 s of compilation, and the compiled training step ran *slower* than this
@@ -690,7 +691,7 @@ class FastModel(nn.Module):
         self._buffers = model._buffers
         self.mode = mode
         self.is_egeunet = isinstance(model, EGEUNet)
-        self.workers = max(1, int(workers)) if workers is not None else 1
+        self._workers = max(1, int(workers)) if workers is not None else None
         self.micro_batch = micro_batch
         self.side_outputs = (mode == "train") if side_outputs is None else bool(side_outputs)
         self.channels_last = channels_last
@@ -702,6 +703,11 @@ class FastModel(nn.Module):
             weights = weights[:1]
         self.loss_weights = weights
         self.train(model.training)
+
+    @property
+    def workers(self) -> int:
+        """Worker threads for a CPU batch: as constructed, else ``torch.get_num_threads()`` now."""
+        return self._workers if self._workers is not None else max(1, torch.get_num_threads())
 
     # -- one chunk, in the calling thread ----------------------------------------------------
     def forward_chunk(self, x: Tensor) -> SegOutput:
@@ -769,9 +775,10 @@ def make_fast(model: nn.Module, mode: str = "train", *, workers: int | None = No
     Args:
         mode: ``"train"`` (side outputs kept, gradients through the worker threads) or ``"infer"``
             (side outputs skipped -- ``loss_weights`` then has one entry -- and GHPA masks cached).
-        workers: worker threads for inter-op data parallelism over the batch, each running ATen with
-            one intra-op thread (default 1 = none: everything runs in the calling thread with its
-            own ``torch.get_num_threads()``; see the module notes).
+        workers: worker threads for inter-op data parallelism over a CPU batch, each running ATen
+            with one intra-op thread (default: ``torch.get_num_threads()`` at call time, so a
+            process given 1 thread -- a suite worker -- runs everything in the calling thread;
+            ``1`` forces that; see the module notes).
         micro_batch: inference chunk size (default ~4 images of 256x256).
         side_outputs: override the mode's default.
         compile: ``torch.compile`` the per-chunk forward (forces ``workers=1``; masks not cached);

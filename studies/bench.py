@@ -310,7 +310,7 @@ def environment(device: torch.device, workers: int | None) -> dict[str, Any]:
         pass
     env = {
         "device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "fast_workers": workers if workers is not None else 1,
+        "fast_workers": workers if workers is not None else torch.get_num_threads(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(default)"), "cpu": cpu,
         "cores": os.cpu_count(), "python": platform.python_version(),
     }

@@ -259,6 +259,22 @@ def test_micro_batches_and_workers_give_the_same_numbers():
         assert torch.equal(g2[n], g3[n]), n
 
 
+def test_default_workers_follow_the_torch_threads():
+    model = EGEUNet()
+    default, one, three = make_fast(model, "train"), make_fast(model, "train", workers=1), \
+        make_fast(model, "infer", workers=3)
+    prev = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert default.workers == 2 and one.workers == 1 and three.workers == 3
+        x, y = _batch(size=64, b=4)
+        assert len(default._chunks(x, training=True)) == 2  # the batch goes to two worker threads
+        torch.set_num_threads(1)  # e.g. a suite worker process: everything in the calling thread
+        assert default.workers == 1 and len(default._chunks(x, training=True)) == 1
+    finally:
+        torch.set_num_threads(prev)
+
+
 def test_generic_model_and_batchnorm_not_chunked():
     class Tiny(torch.nn.Module):
         def __init__(self):
