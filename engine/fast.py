@@ -54,6 +54,7 @@ round-off -- the fast path is as close to a float64 evaluation as the reference 
 from __future__ import annotations
 
 import math
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -590,6 +591,17 @@ def egeunet_forward(model: EGEUNet, x: Tensor, cache: _MaskCache | None = None, 
 # ------------------------------------------------------------------------------- worker threads
 _POOLS: dict[int, ThreadPoolExecutor] = {}
 _POOLS_LOCK = threading.Lock()
+
+
+def _forget_pools_after_fork() -> None:
+    """A forked child inherits the pools but not their threads: start afresh there."""
+    global _POOLS_LOCK
+    _POOLS.clear()
+    _POOLS_LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pools_after_fork)
 
 
 def _worker_init() -> None:

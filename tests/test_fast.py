@@ -377,3 +377,34 @@ def test_group_norm_pool_equals_pool_of_group_norm(negative):
             assert not torch.equal(scratch, x)  # the in-place branch did use x's storage
         if negative:
             assert bool((gn.weight < 0).any())
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_worker_threads_work_in_a_forked_child():
+    import os
+    model = EGEUNet()
+    x, _ = _batch(size=64, b=4)
+    fm = make_fast(model, "infer", micro_batch=1, workers=2)
+    with torch.no_grad():
+        before = fm(x).logits  # creates the 2-thread pool in this process
+    pid = os.fork()
+    if pid == 0:  # child: the inherited pool has no threads; a stale one would hang here
+        code = 1
+        try:
+            with torch.no_grad():
+                code = 0 if torch.allclose(fm(x).logits, before, atol=1e-5) else 2
+        finally:
+            os._exit(code)
+    import signal
+    import time
+    deadline = time.monotonic() + 60
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:  # hung on the inherited pool: fail instead of blocking the suite
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child hung on the fast path's inherited worker pool")
+        time.sleep(0.05)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
