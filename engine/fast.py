@@ -308,12 +308,11 @@ def _group_norm_pool_infer(gn: nn.GroupNorm, x: Tensor, inplace: bool) -> Tensor
     groups = gn.num_groups
     cg = c // groups
     mean = x.mean((2, 3)).view(bsz, groups, cg).mean(2).repeat_interleave(cg, 1)
-    d = x.sub_(mean[:, :, None, None]) if inplace else x - mean[:, :, None, None]
+    d = x.sub_(mean[:, :, None, None]) if inplace else x - mean[:, :, None, None]  # d is ours from here
     if bool((gn.weight < 0).any()):
-        sgn = torch.where(gn.weight < 0, -1.0, 1.0).to(d.dtype)[None, :, None, None]
-        d = d.mul_(sgn) if inplace else d * sgn
+        d.mul_(torch.where(gn.weight < 0, -1.0, 1.0).to(d.dtype)[None, :, None, None])
     pooled = F.max_pool2d(d, 2, 2)
-    var = (d.mul_(d) if inplace else d * d).mean((2, 3)).view(bsz, groups, cg).mean(2)
+    var = d.mul_(d).mean((2, 3)).view(bsz, groups, cg).mean(2)
     a = torch.rsqrt(var + gn.eps).repeat_interleave(cg, 1) * gn.weight
     return torch.addcmul(gn.bias[None, :, None, None], pooled, a.abs()[:, :, None, None])
 
