@@ -207,14 +207,28 @@ def layer_norm_cf(x: Tensor, ln: LayerNormCF | nn.Module) -> Tensor:
     return F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), ln.weight, ln.bias, ln.eps).permute(0, 3, 1, 2)
 
 
-def _group_stats(x: Tensor, groups: int, eps: float) -> tuple[Tensor, Tensor, Tensor]:
-    """(x - mean, mean, rstd) with per-(image, group) two-pass statistics broadcast to B x C."""
-    bsz, c = x.shape[0], x.shape[1]
+def _group_mean(t: Tensor, groups: int) -> Tensor:
+    """Per-(image, group) mean of a B x C x H x W tensor, broadcast back to B x C."""
+    bsz, c = t.shape[0], t.shape[1]
+    return t.mean((2, 3)).view(bsz, groups, c // groups).mean(2).repeat_interleave(c // groups, 1)
+
+
+def _group_stats(x: Tensor, groups: int, eps: float) -> tuple[Tensor, Tensor]:
+    """(x - mean, rstd) with per-(image, group) two-pass statistics; rstd is B x C."""
+    d = x - _group_mean(x, groups)[:, :, None, None]
+    return d, torch.rsqrt(_group_mean(d * d, groups) + eps)
+
+
+def _group_norm_input_grad_coeffs(sg: Tensor, sgd: Tensor, rstd: Tensor, w: Tensor, groups: int,
+                                  n: int) -> tuple[Tensor, Tensor, Tensor]:
+    """GroupNorm's input gradient is ``c1 * gy + c2 + c3 * (x - mean)``; (c1, c2, c3) as B x C x 1 x 1
+    from the per-channel sums ``sg = sum(gy)`` and ``sgd = sum(gy * (x - mean))`` (n values per group)."""
+    bsz, c = sg.shape
     cg = c // groups
-    mean = x.mean((2, 3)).view(bsz, groups, cg).mean(2).repeat_interleave(cg, 1)
-    d = x - mean[:, :, None, None]
-    var = (d * d).mean((2, 3)).view(bsz, groups, cg).mean(2)
-    return d, mean, torch.rsqrt(var + eps).repeat_interleave(cg, 1)
+    a = (sg * w).view(bsz, groups, cg).sum(2).repeat_interleave(cg, 1) / n
+    bb = (sgd * w).view(bsz, groups, cg).sum(2).repeat_interleave(cg, 1) / n
+    return ((rstd * w)[:, :, None, None], (-rstd * a)[:, :, None, None],
+            (-(rstd ** 3) * bb)[:, :, None, None])
 
 
 class _GroupNormTwoPass(torch.autograd.Function):
@@ -226,7 +240,7 @@ class _GroupNormTwoPass(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, groups: int, w: Tensor, b: Tensor, eps: float) -> Tensor:
-        d, _, rstd = _group_stats(x, groups, eps)  # rstd: B x C
+        d, rstd = _group_stats(x, groups, eps)  # rstd: B x C
         ctx.save_for_backward(d, rstd, w)
         ctx.groups = groups
         return torch.addcmul(b[None, :, None, None], d, (rstd * w)[:, :, None, None])
@@ -234,21 +248,14 @@ class _GroupNormTwoPass(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, gy: Tensor):  # type: ignore[override]
         d, rstd, w = ctx.saved_tensors
-        bsz, c, h, wd = d.shape
-        groups = ctx.groups
-        cg = c // groups
-        n = cg * h * wd
         sg = gy.sum((2, 3))  # B x C
         sgd = (gy * d).sum((2, 3))  # B x C
         gw = (sgd * rstd).sum(0) if ctx.needs_input_grad[2] else None
         gb = sg.sum(0) if ctx.needs_input_grad[3] else None
         gx = None
         if ctx.needs_input_grad[0]:
-            a = (sg * w).view(bsz, groups, cg).sum(2).repeat_interleave(cg, 1) / n
-            bb = (sgd * w).view(bsz, groups, cg).sum(2).repeat_interleave(cg, 1) / n
-            c1 = (rstd * w)[:, :, None, None]
-            c2 = (-rstd * a)[:, :, None, None]
-            c3 = (-(rstd ** 3) * bb)[:, :, None, None]
+            n = d.shape[1] // ctx.groups * d.shape[2] * d.shape[3]
+            c1, c2, c3 = _group_norm_input_grad_coeffs(sg, sgd, rstd, w, ctx.groups, n)
             gx = torch.addcmul(torch.addcmul(c2, gy, c1), d, c3)
         return gx, None, gw, gb, None
 
@@ -264,38 +271,30 @@ class _GroupNormMaxPool(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, groups: int, w: Tensor, b: Tensor, eps: float) -> Tensor:  # type: ignore[override]
-        d, _, rstd = _group_stats(x, groups, eps)
+        d, rstd = _group_stats(x, groups, eps)
         a = rstd * w  # B x C
-        neg = bool((a < 0).any())
-        sgn = torch.where(a < 0, -1.0, 1.0).to(a.dtype)[:, :, None, None] if neg else None
-        m, idx = F.max_pool2d(d * sgn if neg else d, 2, 2, return_indices=True)
-        ctx.save_for_backward(d, rstd, w, m, idx, sgn if neg else rstd.new_ones(()))
-        ctx.groups, ctx.neg = groups, neg
+        sgn = torch.where(a < 0, -1.0, 1.0).to(a.dtype)  # B x C
+        m, idx = F.max_pool2d(d * sgn[:, :, None, None] if bool((a < 0).any()) else d, 2, 2, return_indices=True)
+        ctx.save_for_backward(d, rstd, w, m, idx, sgn)
+        ctx.groups = groups
         return torch.addcmul(b[None, :, None, None], m, a.abs()[:, :, None, None])
 
     @staticmethod
     def backward(ctx: Any, gp: Tensor):  # type: ignore[override]
         d, rstd, w, m, idx, sgn = ctx.saved_tensors
-        bsz, c, h, wd = d.shape
-        groups = ctx.groups
-        cg = c // groups
-        n = cg * h * wd
         gp = gp.contiguous(memory_format=_memory_format(m))
-        sg = gp.sum((2, 3))  # B x C: the sums of the full-size gradient, which is zero off the arg-max
-        sgd = (gp * m).sum((2, 3))  # = sum(g * |d|-signed pooled value)
-        if ctx.neg:
-            sgd = sgd * sgn[:, :, 0, 0]
+        # the full-size gradient is gp at the arg-max positions and zero elsewhere, so its sums are
+        # pooled-size sums; d at an arg-max is sgn * m
+        sg = gp.sum((2, 3))  # B x C
+        sgd = (gp * m).sum((2, 3)) * sgn
         gw = (sgd * rstd).sum(0) if ctx.needs_input_grad[2] else None
         gb = sg.sum(0) if ctx.needs_input_grad[3] else None
         gx = None
         if ctx.needs_input_grad[0]:
-            a_sum = (sg * w).view(bsz, groups, cg).sum(2).repeat_interleave(cg, 1) / n
-            bb = (sgd * w).view(bsz, groups, cg).sum(2).repeat_interleave(cg, 1) / n
-            c1 = rstd * w
-            c2 = (-rstd * a_sum)[:, :, None, None]
-            c3 = (-(rstd ** 3) * bb)[:, :, None, None]
+            n = d.shape[1] // ctx.groups * d.shape[2] * d.shape[3]
+            c1, c2, c3 = _group_norm_input_grad_coeffs(sg, sgd, rstd, w, ctx.groups, n)
             scattered = torch.ops.aten.max_pool2d_with_indices_backward(
-                gp * c1[:, :, None, None], d, [2, 2], [2, 2], [0, 0], [1, 1], False, idx)
+                gp * c1, d, [2, 2], [2, 2], [0, 0], [1, 1], False, idx)
             gx = torch.addcmul(c2, d, c3).add_(scattered)  # measured faster than scatter_add_ into it
         return gx, None, gw, gb, None
 
@@ -304,21 +303,17 @@ def _group_norm_pool_infer(gn: nn.GroupNorm, x: Tensor, inplace: bool) -> Tensor
     """The no-grad branch: no arg-max indices, and with ``inplace`` no full-size temporary at all
     (the mean is subtracted, the sign applied and the squares taken in x's own storage, after
     pooling: sign(a) = sign(weight) since rstd > 0)."""
-    bsz, c = x.shape[0], x.shape[1]
-    groups = gn.num_groups
-    cg = c // groups
-    mean = x.mean((2, 3)).view(bsz, groups, cg).mean(2).repeat_interleave(cg, 1)
-    d = x.sub_(mean[:, :, None, None]) if inplace else x - mean[:, :, None, None]  # d is ours from here
+    mean = _group_mean(x, gn.num_groups)[:, :, None, None]
+    d = x.sub_(mean) if inplace else x - mean  # d is ours from here
     if bool((gn.weight < 0).any()):
         d.mul_(torch.where(gn.weight < 0, -1.0, 1.0).to(d.dtype)[None, :, None, None])
     pooled = F.max_pool2d(d, 2, 2)
-    var = d.mul_(d).mean((2, 3)).view(bsz, groups, cg).mean(2)
-    a = torch.rsqrt(var + gn.eps).repeat_interleave(cg, 1) * gn.weight
+    a = torch.rsqrt(_group_mean(d.mul_(d), gn.num_groups) + gn.eps) * gn.weight
     return torch.addcmul(gn.bias[None, :, None, None], pooled, a.abs()[:, :, None, None])
 
 
 def group_norm_pool(gn: nn.GroupNorm, x: Tensor, inplace: bool = False) -> Tensor:
-    """``max_pool2d(gn(x), 2, 2)``; channels-last float32 maps with even sides go through
+    """``max_pool2d(gn(x), 2, 2)``; channels-last float32/64 CPU maps with even sides go through
     :class:`_GroupNormMaxPool` (same numbers to round-off, less full-size memory traffic).
     ``inplace=True`` lets the no-grad branch overwrite x (pass it only for a temporary)."""
     if (x.dtype in (torch.float32, torch.float64) and x.device.type == "cpu" and x.is_contiguous(memory_format=CL)
@@ -337,7 +332,7 @@ def group_norm(gn: nn.GroupNorm, x: Tensor) -> Tensor:
         return gn(x)
     if torch.is_grad_enabled() and (x.requires_grad or gn.weight.requires_grad):
         return _GroupNormTwoPass.apply(x, gn.num_groups, gn.weight, gn.bias, gn.eps)
-    d, _, rstd = _group_stats(x, gn.num_groups, gn.eps)
+    d, rstd = _group_stats(x, gn.num_groups, gn.eps)
     return torch.addcmul(gn.bias[None, :, None, None], d, (rstd * gn.weight)[:, :, None, None])
 
 

@@ -298,7 +298,8 @@ def bench_epoch(cands: dict[str, Candidate], device: torch.device, data: Any, ba
 
 
 # ------------------------------------------------------------------------------------- main
-def environment(device: torch.device, workers: int | None) -> dict[str, Any]:
+def environment(device: torch.device, workers: int) -> dict[str, Any]:
+    """Machine, versions and threads; ``workers``: the fast path's worker threads as it resolved them."""
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as fh:
@@ -310,7 +311,7 @@ def environment(device: torch.device, workers: int | None) -> dict[str, Any]:
         pass
     env = {
         "device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "fast_workers": workers if workers is not None else torch.get_num_threads(),
+        "fast_workers": workers,
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(default)"), "cpu": cpu,
         "cores": os.cpu_count(), "python": platform.python_version(),
     }
@@ -374,10 +375,10 @@ def main(argv: list[str] | None = None) -> int:
     con = console()
     from rich.markup import escape
     loss_fn = _loss_fn()
-    env = environment(device, args.workers)
-    con.print(f"[bold]EGE-UNet bench[/bold]: {escape(str(env))}")
-
     cands, ref = build_candidates(device, extra, args.workers)
+    # the batch is split over worker threads on the CPU only (FastModel._chunks)
+    env = environment(device, cands["fast"].train.workers if device.type == "cpu" else 1)
+    con.print(f"[bold]EGE-UNet bench[/bold]: {escape(str(env))}")
     setup: dict[str, float] = {}
     if "compiled" in cands:  # compile outside the timed rounds; report the time
         c = cands["compiled"]
