@@ -442,7 +442,7 @@ class _Run:
         sessions = list(prev.get("sessions", []))
         sessions.append({"time_utc": env["time_utc"], "hostname": env["hostname"], "device": env["device"],
                          "threads": env["threads"], "git_commit": env["git_commit"], "git_dirty": env["git_dirty"],
-                         "start_epoch": start_epoch})
+                         "start_epoch": start_epoch, "fast_path": self.use_fast, "amp": self.use_amp})
         env["sessions"] = sessions
         env["deterministic_algorithms"] = torch.are_deterministic_algorithms_enabled()
         env["amp"] = self.use_amp
