@@ -64,11 +64,24 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from egeunet.contract import SegOutput, as_seg_output
+from engine import _fastops
 from egeunet.layers import GAB, GHPA, LayerNormCF
 from egeunet.model import EGEUNet
 
 CL = torch.channels_last
 _HALF = (torch.float16, torch.bfloat16)
+
+
+def _kernels(*ts: Tensor) -> Any:
+    """The fused C++ kernels (``engine._fastops``) if they are built and every tensor suits them
+    (CPU, float32/64, 4-D channels-last contiguous), else None (the PyTorch kernels run instead)."""
+    if torch.compiler.is_compiling():  # dynamo cannot trace into them
+        return None
+    for t in ts:
+        if (t.device.type != "cpu" or t.dtype not in (torch.float32, torch.float64) or t.dim() != 4
+                or not t.is_contiguous(memory_format=CL)):
+            return None
+    return _fastops.ops()
 
 
 def _up(x: Tensor, size: tuple[int, int] | None = None, scale: int | None = None) -> Tensor:
@@ -122,7 +135,8 @@ class _DepthwiseConv(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             gx = F.conv2d(gy, w.flip(2, 3), None, padding=d * (k // 2), dilation=d, groups=x.shape[1])
         if ctx.needs_input_grad[1]:
-            gw = _dw_weight_grad(x, gy, k, d)
+            ext = _kernels(x, gy)
+            gw = ext.dw_weight_grad(x, gy, k, d) if ext is not None else _dw_weight_grad(x, gy, k, d)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             gb = gy.sum((0, 2, 3))
         return gx, gw, gb, None
@@ -185,6 +199,22 @@ class _LayerNormCFSmall(torch.autograd.Function):
         return gx, gw, gb, None
 
 
+class _LayerNormCFExt(torch.autograd.Function):
+    """Channels-first LayerNorm of a channels-last map by the fused kernels (one pass each way)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, w: Tensor, b: Tensor, eps: float) -> Tensor:  # type: ignore[override]
+        y, mean, rstd = _fastops.ops().ln_forward(x, w, b, eps, True)
+        ctx.save_for_backward(x, mean, rstd, w)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, gy: Tensor):  # type: ignore[override]
+        x, mean, rstd, w = ctx.saved_tensors
+        gx, gw, gb = _fastops.ops().ln_backward(gy.contiguous(memory_format=CL), x, mean, rstd, w)
+        return gx, gw, gb, None
+
+
 def _layer_norm_small(x: Tensor, w: Tensor, b: Tensor, eps: float) -> Tensor:
     if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad or b.requires_grad):
         return _LayerNormCFSmall.apply(x, w, b, eps)
@@ -196,12 +226,18 @@ def _layer_norm_small(x: Tensor, w: Tensor, b: Tensor, eps: float) -> Tensor:
 def layer_norm_cf(x: Tensor, ln: LayerNormCF | nn.Module) -> Tensor:
     """Channels-first LayerNorm of a B x C x H x W tensor (result in x's layout).
 
-    Few channels: the formula with a hand-written backward (native ``layer_norm`` has a large
-    per-row cost when rows are 5-16 values long). Otherwise one native ``F.layer_norm`` on the
+    A channels-last float map with the fused kernels built: one C++ pass each way. Without them,
+    few channels: the formula with a hand-written backward (native ``layer_norm`` has a large
+    per-row cost when rows are 5-16 values long); otherwise one native ``F.layer_norm`` on the
     NHWC view (for a channels-last ``x`` the permuted view is contiguous: no copy).
     """
     if x.dtype in _HALF:  # as autocast runs layer_norm: in float32
         x = x.float()
+    ext = _kernels(x) if x.dtype == ln.weight.dtype == ln.bias.dtype else None
+    if ext is not None:
+        if torch.is_grad_enabled() and (x.requires_grad or ln.weight.requires_grad or ln.bias.requires_grad):
+            return _LayerNormCFExt.apply(x, ln.weight, ln.bias, ln.eps)
+        return ext.ln_forward(x, ln.weight, ln.bias, ln.eps, False)[0]
     if x.shape[1] < SMALL_LN_CHANNELS:
         return _layer_norm_small(x, ln.weight, ln.bias, ln.eps)
     return F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), ln.weight, ln.bias, ln.eps).permute(0, 3, 1, 2)
@@ -229,6 +265,76 @@ def _group_norm_input_grad_coeffs(sg: Tensor, sgd: Tensor, rstd: Tensor, w: Tens
     bb = (sgd * w).view(bsz, groups, cg).sum(2).repeat_interleave(cg, 1) / n
     return ((rstd * w)[:, :, None, None], (-rstd * a)[:, :, None, None],
             (-(rstd ** 3) * bb)[:, :, None, None])
+
+
+def _gn_stats_ext(ext: Any, x: Tensor, groups: int, eps: float) -> tuple[Tensor, Tensor]:
+    """Per-(image, channel) mean and rstd (B x C) of GroupNorm, two passes in the fused kernel."""
+    mean, rstd = ext.gn_stats(x, groups, eps)
+    cg = x.shape[1] // groups
+    return mean.repeat_interleave(cg, 1), rstd.repeat_interleave(cg, 1)
+
+
+def _flat(*cs: Tensor) -> tuple[Tensor, ...]:
+    return tuple(c.reshape(c.shape[0], c.shape[1]) for c in cs)
+
+
+class _GroupNormExt(torch.autograd.Function):
+    """GroupNorm of a channels-last map by the fused kernels: statistics in two reads, the affine in
+    one pass; the backward is one pass of sums and one of the input gradient (x is kept, not x - mean)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, groups: int, w: Tensor, b: Tensor, eps: float) -> Tensor:  # type: ignore[override]
+        ext = _fastops.ops()
+        mean, rstd = _gn_stats_ext(ext, x, groups, eps)
+        ctx.save_for_backward(x, mean, rstd, w)
+        ctx.groups = groups
+        return ext.gn_affine(x, mean, rstd * w, b)
+
+    @staticmethod
+    def backward(ctx: Any, gy: Tensor):  # type: ignore[override]
+        x, mean, rstd, w = ctx.saved_tensors
+        ext = _fastops.ops()
+        gy = gy.contiguous(memory_format=CL)
+        sg, sgd = ext.gn_backward_sums(gy, x, mean)  # B x C
+        gw = (sgd * rstd).sum(0) if ctx.needs_input_grad[2] else None
+        gb = sg.sum(0) if ctx.needs_input_grad[3] else None
+        gx = None
+        if ctx.needs_input_grad[0]:
+            n = x.shape[1] // ctx.groups * x.shape[2] * x.shape[3]
+            c1, c2, c3 = _flat(*_group_norm_input_grad_coeffs(sg, sgd, rstd, w, ctx.groups, n))
+            gx = ext.gn_backward_apply(gy, x, mean, c1, c2, c3)
+        return gx, None, gw, gb, None
+
+
+class _GroupNormMaxPoolExt(torch.autograd.Function):
+    """:class:`_GroupNormMaxPool` by the fused kernels: the forward reads x three times (two for the
+    statistics, one pooling pass that writes only pooled-size maps and a one-byte arg-max); the
+    backward writes the input gradient in one pass."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, groups: int, w: Tensor, b: Tensor, eps: float) -> Tensor:  # type: ignore[override]
+        ext = _fastops.ops()
+        mean, rstd = _gn_stats_ext(ext, x, groups, eps)
+        a = rstd * w
+        out, pooled_d, idx = ext.gn_pool_forward(x, mean, a, b, True)
+        ctx.save_for_backward(x, mean, rstd, w, pooled_d, idx, torch.where(a < 0, -1.0, 1.0).to(a.dtype))
+        ctx.groups = groups
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, gp: Tensor):  # type: ignore[override]
+        x, mean, rstd, w, pooled_d, idx, sgn = ctx.saved_tensors
+        gp = gp.contiguous(memory_format=CL)
+        sg = gp.sum((2, 3))  # B x C: the full-size gradient is gp at the arg-max positions, zero elsewhere
+        sgd = (gp * pooled_d).sum((2, 3)) * sgn  # x - mean at an arg-max is sgn * pooled_d
+        gw = (sgd * rstd).sum(0) if ctx.needs_input_grad[2] else None
+        gb = sg.sum(0) if ctx.needs_input_grad[3] else None
+        gx = None
+        if ctx.needs_input_grad[0]:
+            n = x.shape[1] // ctx.groups * x.shape[2] * x.shape[3]
+            c1, c2, c3 = _flat(*_group_norm_input_grad_coeffs(sg, sgd, rstd, w, ctx.groups, n))
+            gx = _fastops.ops().gn_pool_backward(gp, x, mean, idx, c1, c2, c3)
+        return gx, None, gw, gb, None
 
 
 class _GroupNormTwoPass(torch.autograd.Function):
@@ -312,16 +418,25 @@ def _group_norm_pool_infer(gn: nn.GroupNorm, x: Tensor, inplace: bool) -> Tensor
     return torch.addcmul(gn.bias[None, :, None, None], pooled, a.abs()[:, :, None, None])
 
 
-def group_norm_pool(gn: nn.GroupNorm, x: Tensor, inplace: bool = False) -> Tensor:
-    """``max_pool2d(gn(x), 2, 2)``; channels-last float32/64 CPU maps with even sides go through
-    :class:`_GroupNormMaxPool` (same numbers to round-off, less full-size memory traffic).
-    ``inplace=True`` lets the no-grad branch overwrite x (pass it only for a temporary)."""
+def group_norm_pool(gn: nn.GroupNorm, x: Tensor, inplace: bool = False, gelu: bool = False) -> Tensor:
+    """``max_pool2d(gn(x), 2, 2)`` (then GELU with ``gelu``); channels-last float32/64 CPU maps with
+    even sides go through the fused kernels or :class:`_GroupNormMaxPool` (same numbers to round-off,
+    less full-size memory traffic). ``inplace=True`` lets the PyTorch no-grad branch overwrite x
+    (pass it only for a temporary)."""
+    act = F.gelu if gelu else (lambda t: t)
     if (x.dtype in (torch.float32, torch.float64) and x.device.type == "cpu" and x.is_contiguous(memory_format=CL)
             and x.shape[2] % 2 == 0 and x.shape[3] % 2 == 0 and gn.affine):
-        if torch.is_grad_enabled() and (x.requires_grad or gn.weight.requires_grad or gn.bias.requires_grad):
-            return _GroupNormMaxPool.apply(x, gn.num_groups, gn.weight, gn.bias, gn.eps)
-        return _group_norm_pool_infer(gn, x, inplace)
-    return F.max_pool2d(group_norm(gn, x), 2, 2)
+        grad = torch.is_grad_enabled() and (x.requires_grad or gn.weight.requires_grad or gn.bias.requires_grad)
+        ext = _kernels(x) if x.dtype == gn.weight.dtype == gn.bias.dtype else None
+        if ext is not None:
+            if grad:
+                return act(_GroupNormMaxPoolExt.apply(x, gn.num_groups, gn.weight, gn.bias, gn.eps))
+            mean, rstd = _gn_stats_ext(ext, x, gn.num_groups, gn.eps)
+            return act(ext.gn_pool_forward(x, mean, rstd * gn.weight, gn.bias, False)[0])
+        if grad:
+            return act(_GroupNormMaxPool.apply(x, gn.num_groups, gn.weight, gn.bias, gn.eps))
+        return act(_group_norm_pool_infer(gn, x, inplace))
+    return act(F.max_pool2d(group_norm(gn, x), 2, 2))
 
 
 def group_norm(gn: nn.GroupNorm, x: Tensor) -> Tensor:
@@ -330,6 +445,12 @@ def group_norm(gn: nn.GroupNorm, x: Tensor) -> Tensor:
         x = x.float()
     if x.is_contiguous() and not x.is_contiguous(memory_format=CL):
         return gn(x)
+    ext = _kernels(x) if x.dtype == gn.weight.dtype == gn.bias.dtype and gn.affine else None
+    if ext is not None:
+        if torch.is_grad_enabled() and (x.requires_grad or gn.weight.requires_grad or gn.bias.requires_grad):
+            return _GroupNormExt.apply(x, gn.num_groups, gn.weight, gn.bias, gn.eps)
+        mean, rstd = _gn_stats_ext(ext, x, gn.num_groups, gn.eps)
+        return ext.gn_affine(x, mean, rstd * gn.weight, gn.bias)
     if torch.is_grad_enabled() and (x.requires_grad or gn.weight.requires_grad):
         return _GroupNormTwoPass.apply(x, gn.num_groups, gn.weight, gn.bias, gn.eps)
     d, rstd = _group_stats(x, gn.num_groups, gn.eps)
@@ -552,11 +673,11 @@ def egeunet_forward(model: EGEUNet, x: Tensor, cache: _MaskCache | None = None, 
         m = s[0]
         return ghpa_forward(m, t, cache) if isinstance(m, GHPA) else conv(m, t)
 
-    t1 = F.gelu(group_norm_pool(model.ebn1, stage(model.encoder1, x), inplace=True))
-    t2 = F.gelu(group_norm_pool(model.ebn2, stage(model.encoder2, t1), inplace=True))
-    t3 = F.gelu(group_norm_pool(model.ebn3, stage(model.encoder3, t2), inplace=True))
-    t4 = F.gelu(group_norm_pool(model.ebn4, stage(model.encoder4, t3), inplace=True))
-    t5 = F.gelu(group_norm_pool(model.ebn5, stage(model.encoder5, t4), inplace=True))
+    t1 = group_norm_pool(model.ebn1, stage(model.encoder1, x), inplace=True, gelu=True)
+    t2 = group_norm_pool(model.ebn2, stage(model.encoder2, t1), inplace=True, gelu=True)
+    t3 = group_norm_pool(model.ebn3, stage(model.encoder3, t2), inplace=True, gelu=True)
+    t4 = group_norm_pool(model.ebn4, stage(model.encoder4, t3), inplace=True, gelu=True)
+    t5 = group_norm_pool(model.ebn5, stage(model.encoder5, t4), inplace=True, gelu=True)
     t6 = F.gelu(stage(model.encoder6, t5))
     skips = (t1, t2, t3, t4, t5)
     masks: list[Tensor] = []

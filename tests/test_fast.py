@@ -17,8 +17,22 @@ import torch.nn.functional as F
 from egeunet.contract import SegOutput
 from egeunet.model import EGEUNet, EGEUNetConfig
 from egeunet.reference import ReferenceEGEUNet
-from engine import fast
+from engine import _fastops, fast
 from engine.fast import make_fast
+
+KERNELS = ["fused", "torch"]
+
+
+@pytest.fixture(params=KERNELS)
+def kernels(request, monkeypatch):
+    """Run the test with the fused C++ kernels and again with the PyTorch ones."""
+    if request.param == "fused":
+        monkeypatch.setenv("EGEUNET_FAST_EXT", "1")
+        if _fastops.ops() is None:
+            pytest.skip("the fused kernels are not built here (see test_fused_kernels_build_where_a_compiler_is)")
+    else:
+        monkeypatch.setenv("EGEUNET_FAST_EXT", "0")
+    return request.param
 
 CL = torch.channels_last
 
@@ -87,7 +101,7 @@ def test_reference_matches_model_names_and_numbers():
 
 # ------------------------------------------------------------------------- float64: the maths
 @pytest.mark.parametrize("name", list(CONFIGS))
-def test_fast_equals_model_float64(name):
+def test_fast_equals_model_float64(name, kernels):
     torch.manual_seed(1)
     model = EGEUNet(EGEUNetConfig(**CONFIGS[name])).double()
     fm = make_fast(copy.deepcopy(model), "train")
@@ -108,7 +122,7 @@ def test_fast_equals_model_float64(name):
 
 # ------------------------------------------------------------------------ float32: the budget
 @pytest.mark.parametrize("name", ["default", "no_ds", "gab_no_mask", "ghpa_ids", "plain_conv"])
-def test_fast_matches_reference_float32(name):
+def test_fast_matches_reference_float32(name, kernels):
     torch.manual_seed(2)
     model = EGEUNet(EGEUNetConfig(**CONFIGS[name]))
     if name == "default":  # against the independent plain reference
@@ -127,7 +141,7 @@ def test_fast_matches_reference_float32(name):
         assert float((g_ref[n] - g_fast[n]).abs().max()) <= 1e-4 * gscale, n
 
 
-def test_fast_float32_as_close_to_float64_as_reference():
+def test_fast_float32_as_close_to_float64_as_reference(kernels):
     torch.manual_seed(3)
     ref = ReferenceEGEUNet()
     fm = make_fast(EGEUNet(), "infer")
@@ -142,7 +156,7 @@ def test_fast_float32_as_close_to_float64_as_reference():
 
 
 # ----------------------------------------------------------------------------- fast-path parts
-def test_layer_norm_and_group_norm_primitives():
+def test_layer_norm_and_group_norm_primitives(kernels):
     from egeunet.layers import LayerNormCF
 
     g = torch.Generator().manual_seed(4)
@@ -237,7 +251,7 @@ def test_wrapper_shares_parameters_and_state_dict():
     assert fm2.inner is model
 
 
-def test_micro_batches_and_workers_give_the_same_numbers():
+def test_micro_batches_and_workers_give_the_same_numbers(kernels):
     torch.manual_seed(7)
     model = EGEUNet()
     x, y = _batch(size=64, b=4)
@@ -327,7 +341,7 @@ def test_cached_interp_weights_made_under_inference_mode_serve_training():
 
 @pytest.mark.parametrize("dilation", [1, 2, 5, 7])
 @pytest.mark.parametrize("bias", [True, False])
-def test_depthwise_conv_backward_equals_autograd(dilation, bias):
+def test_depthwise_conv_backward_equals_autograd(dilation, bias, kernels):
     g = torch.Generator().manual_seed(11 + dilation)
     for c, h in ((5, 24), (9, 16), (3, 8)):  # h=8 with dilation 7: taps that never overlap the image
         mod = torch.nn.Conv2d(c, c, 3, padding=dilation, dilation=dilation, groups=c, bias=bias).double()
@@ -349,7 +363,7 @@ def test_depthwise_conv_backward_equals_autograd(dilation, bias):
 
 
 @pytest.mark.parametrize("negative", [False, True])
-def test_group_norm_pool_equals_pool_of_group_norm(negative):
+def test_group_norm_pool_equals_pool_of_group_norm(negative, kernels):
     g = torch.Generator().manual_seed(21)
     for c, groups in ((8, 4), (16, 4), (24, 4)):
         gn = torch.nn.GroupNorm(groups, c).double()
@@ -374,7 +388,9 @@ def test_group_norm_pool_equals_pool_of_group_norm(negative):
             assert torch.allclose(fast.group_norm_pool(gn, x), expect, atol=1e-12)
             scratch = x.clone()
             assert torch.allclose(fast.group_norm_pool(gn, scratch, inplace=True), expect, atol=1e-12)
-            assert not torch.equal(scratch, x)  # the in-place branch did use x's storage
+            if kernels == "torch":
+                assert not torch.equal(scratch, x)  # the in-place branch did use x's storage
+            assert torch.allclose(fast.group_norm_pool(gn, x, gelu=True), F.gelu(expect), atol=1e-12)
         if negative:
             assert bool((gn.weight < 0).any())
 
@@ -408,3 +424,63 @@ def test_worker_threads_work_in_a_forked_child():
             pytest.fail("the forked child hung on the fast path's inherited worker pool")
         time.sleep(0.05)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
+def test_fused_kernels_build_where_a_compiler_is():
+    """A machine with a C++ compiler must get the fused kernels (no silent fall-back to the slow path)."""
+    import shutil
+
+    if not (shutil.which("c++") or shutil.which("g++")):
+        pytest.skip("no C++ compiler here: the fast path uses its PyTorch kernels")
+    assert _fastops.ops() is not None
+
+
+def test_fused_kernels_are_used_and_can_be_switched_off(monkeypatch):
+    monkeypatch.setenv("EGEUNET_FAST_EXT", "1")
+    if _fastops.ops() is None:
+        pytest.skip("the fused kernels are not built here")
+    from egeunet.layers import LayerNormCF
+
+    x = torch.randn(2, 5, 8, 8).contiguous(memory_format=CL).requires_grad_()
+    assert "Ext" in type(fast.layer_norm_cf(x, LayerNormCF(5)).grad_fn).__name__
+    assert "Ext" in type(fast.group_norm(torch.nn.GroupNorm(4, 8), torch.randn(2, 8, 8, 8).contiguous(
+        memory_format=CL).requires_grad_()).grad_fn).__name__
+    monkeypatch.setenv("EGEUNET_FAST_EXT", "0")
+    assert _fastops.ops() is None
+    assert "Ext" not in type(fast.layer_norm_cf(x, LayerNormCF(5)).grad_fn).__name__
+    # a layout the kernels do not take (NCHW) keeps the PyTorch path
+    monkeypatch.setenv("EGEUNET_FAST_EXT", "1")
+    assert "Ext" not in type(fast.layer_norm_cf(torch.randn(2, 5, 8, 8, requires_grad=True),
+                                                LayerNormCF(5)).grad_fn).__name__
+
+
+@pytest.mark.parametrize("c", [5, 8, 9, 13, 17, 24, 64])  # the compile-time widths and the generic loop
+def test_fused_layer_norm_every_width_float64(c):
+    if _fastops.ops() is None:
+        pytest.skip("the fused kernels are not built here")
+    ext = _fastops.ops()
+    g = torch.Generator().manual_seed(30 + c)
+    x = (torch.randn(3, c, 7, 9, generator=g, dtype=torch.float64) * 2 + 4).contiguous(memory_format=CL)
+    w = torch.randn(c, generator=g, dtype=torch.float64)
+    b = torch.randn(c, generator=g, dtype=torch.float64)
+    gy = torch.randn(3, c, 7, 9, generator=g, dtype=torch.float64).contiguous(memory_format=CL)
+    xr, wr, br = (t.clone().requires_grad_() for t in (x, w, b))
+    ref = F.layer_norm(xr.permute(0, 2, 3, 1), (c,), wr, br, 1e-6).permute(0, 3, 1, 2)
+    ref.backward(gy)
+    y, mean, rstd = ext.ln_forward(x, w, b, 1e-6, True)
+    gx, gw, gb = ext.ln_backward(gy, x, mean, rstd, w)
+    assert torch.allclose(y, ref, atol=1e-12) and y.is_contiguous(memory_format=CL)
+    for a, e in ((gx, xr.grad), (gw, wr.grad), (gb, br.grad)):
+        assert torch.allclose(a, e, atol=1e-11), float((a - e).abs().max())
+
+
+def test_fused_kernels_reject_bad_layouts_with_a_message():
+    ext = _fastops.ops()
+    if ext is None:
+        pytest.skip("the fused kernels are not built here")
+    x = torch.randn(2, 8, 6, 6)  # NCHW, not channels-last
+    with pytest.raises(RuntimeError, match="channels-last"):
+        ext.gn_stats(x, 4, 1e-5)
+    with pytest.raises(RuntimeError, match="even sides"):
+        ext.gn_pool_forward(torch.randn(1, 4, 5, 6).contiguous(memory_format=CL), torch.zeros(1, 4),
+                            torch.ones(1, 4), torch.zeros(4), False)

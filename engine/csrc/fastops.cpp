@@ -1,0 +1,630 @@
+// Fused CPU kernels for engine.fast (built on first use by torch.utils.cpp_extension).
+//
+// Every map is a B x C x H x W tensor in channels-last memory: element (b, c, h, w) lives at
+// ((b * H + h) * W + w) * C + c, so the C values of one pixel are contiguous. The kernels replace
+// chains of full-size ATen passes over 5-64-channel maps (LayerNorm over channels, GroupNorm,
+// GroupNorm + 2x2 max-pool, the depth-wise weight gradient) by one or two passes each.
+//
+// Reductions that feed parameter gradients are summed over fixed blocks of rows in double and the
+// block partials added in block order, so results do not depend on the number of threads.
+
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <type_traits>
+#include <vector>
+
+namespace {
+
+constexpr int64_t kRowsPerBlock = 16;  // rows (b, h) per reduction block
+
+void check_cl(const torch::Tensor& t, const char* name) {
+  TORCH_CHECK(t.dim() == 4, name, " must be 4-D (B x C x H x W), got ", t.dim(), "-D");
+  TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor");
+  TORCH_CHECK(t.is_contiguous(at::MemoryFormat::ChannelsLast), name, " must be channels-last contiguous");
+}
+
+// ---------------------------------------------------------------------------------- LayerNorm
+// y = (x - mean_c(x)) * rstd * w + b over the C channels of every pixel (two-pass statistics).
+// Pixels are processed kTile at a time, transposed into a C x kTile scratch, so the per-pixel sums
+// run as vector loops across pixels (per-pixel loops over 5-20 channels are latency-bound chains).
+// CC > 0: C known at compile time (the common GAB widths); CC == 0: any C.
+constexpr int64_t kTile = 16;
+
+template <typename T, int CC>
+void ln_fwd_impl(const T* x, const T* w, const T* b, double eps, int64_t P, int64_t Crt, T* y, T* mean,
+                 T* rstd) {
+  const int64_t C = CC > 0 ? CC : Crt;
+  const T inv_c = T(1) / T(C);
+  const int64_t ntiles = (P + kTile - 1) / kTile;
+  at::parallel_for(0, ntiles, 16, [&](int64_t t0, int64_t t1) {
+    std::vector<T> scratch(C * kTile);
+    T* __restrict xt = scratch.data();
+    alignas(64) T m[kTile], r[kTile];
+    for (int64_t tile = t0; tile < t1; ++tile) {
+      const int64_t p0 = tile * kTile, n = std::min(kTile, P - p0);
+      const T* __restrict xp = x + p0 * C;
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t c = 0; c < C; ++c) xt[c * kTile + i] = xp[i * C + c];
+      for (int64_t i = n; i < kTile; ++i)
+        for (int64_t c = 0; c < C; ++c) xt[c * kTile + i] = T(0);
+#pragma omp simd
+      for (int64_t i = 0; i < kTile; ++i) m[i] = T(0);
+      for (int64_t c = 0; c < C; ++c)
+#pragma omp simd
+        for (int64_t i = 0; i < kTile; ++i) m[i] += xt[c * kTile + i];
+#pragma omp simd
+      for (int64_t i = 0; i < kTile; ++i) {
+        m[i] *= inv_c;
+        r[i] = T(0);
+      }
+      for (int64_t c = 0; c < C; ++c)
+#pragma omp simd
+        for (int64_t i = 0; i < kTile; ++i) {
+          const T d = xt[c * kTile + i] - m[i];
+          r[i] += d * d;
+        }
+#pragma omp simd
+      for (int64_t i = 0; i < kTile; ++i) r[i] = T(1) / std::sqrt(r[i] * inv_c + T(eps));
+      T* __restrict yp = y + p0 * C;
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t c = 0; c < C; ++c) yp[i * C + c] = (xp[i * C + c] - m[i]) * r[i] * w[c] + b[c];
+      if (mean != nullptr)
+        for (int64_t i = 0; i < n; ++i) {
+          mean[p0 + i] = m[i];
+          rstd[p0 + i] = r[i];
+        }
+    }
+  });
+}
+
+// calls F<CC>() with CC the compile-time channel count for the common small widths, else 0
+template <typename F>
+void dispatch_c(int64_t C, F&& f) {
+  switch (C) {
+    case 5: f(std::integral_constant<int, 5>{}); break;
+    case 8: f(std::integral_constant<int, 8>{}); break;
+    case 9: f(std::integral_constant<int, 9>{}); break;
+    case 13: f(std::integral_constant<int, 13>{}); break;
+    default: f(std::integral_constant<int, 0>{}); break;
+  }
+}
+
+std::vector<torch::Tensor> ln_forward(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b,
+                                      double eps, bool save_stats) {
+  check_cl(x, "x");
+  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), P = B * H * W;
+  auto y = torch::empty_like(x, at::MemoryFormat::ChannelsLast);
+  auto opts = x.options();
+  auto mean = save_stats ? torch::empty({B, 1, H, W}, opts) : torch::Tensor();
+  auto rstd = save_stats ? torch::empty({B, 1, H, W}, opts) : torch::Tensor();
+  auto wc = w.contiguous(), bc = b.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "ln_forward", [&] {
+    dispatch_c(C, [&](auto cc) {
+      ln_fwd_impl<scalar_t, decltype(cc)::value>(
+          x.data_ptr<scalar_t>(), wc.data_ptr<scalar_t>(), bc.data_ptr<scalar_t>(), eps, P, C,
+          y.data_ptr<scalar_t>(), save_stats ? mean.data_ptr<scalar_t>() : nullptr,
+          save_stats ? rstd.data_ptr<scalar_t>() : nullptr);
+    });
+  });
+  if (save_stats) return {y, mean, rstd};
+  return {y};
+}
+
+// gx = (g - mean_c(g) - xhat * mean_c(g * xhat)) * rstd with g = gy * w; gw = sum gy * xhat; gb = sum gy.
+// Tiled across pixels like the forward; gw / gb are summed per row in T, per block of rows in double.
+template <typename T, int CC>
+void ln_bwd_impl(const T* gy, const T* x, const T* mean, const T* rstd, const T* w, int64_t P, int64_t Crt,
+                 int64_t row, T* gx, double* part_w, double* part_b) {
+  const int64_t C = CC > 0 ? CC : Crt;
+  const T inv_c = T(1) / T(C);
+  const int64_t rows = P / row, nblocks = (rows + kRowsPerBlock - 1) / kRowsPerBlock;
+  at::parallel_for(0, nblocks, 1, [&](int64_t k0, int64_t k1) {
+    std::vector<T> s1(C * kTile), s2(C * kTile), rw(C), rb(C);
+    T* __restrict xh = s1.data();
+    T* __restrict gt = s2.data();
+    T* __restrict rwv = rw.data();
+    T* __restrict rbv = rb.data();
+    alignas(64) T a[kTile], bq[kTile], rs[kTile];
+    for (int64_t k = k0; k < k1; ++k) {
+      double* pw = part_w + k * C;
+      double* pb = part_b + k * C;
+      std::fill(pw, pw + C, 0.0);
+      std::fill(pb, pb + C, 0.0);
+      const int64_t r1 = std::min(rows, (k + 1) * kRowsPerBlock);
+      for (int64_t r = k * kRowsPerBlock; r < r1; ++r) {
+        std::fill(rw.begin(), rw.end(), T(0));
+        std::fill(rb.begin(), rb.end(), T(0));
+        for (int64_t p0 = r * row; p0 < (r + 1) * row; p0 += kTile) {
+          const int64_t n = std::min(kTile, (r + 1) * row - p0);
+          const T* __restrict xp = x + p0 * C;
+          const T* __restrict gp = gy + p0 * C;
+          for (int64_t i = 0; i < n; ++i) {
+            const T m = mean[p0 + i], q = rstd[p0 + i];
+            rs[i] = q;
+            for (int64_t c = 0; c < C; ++c) {
+              const T v = (xp[i * C + c] - m) * q;
+              xh[c * kTile + i] = v;
+              gt[c * kTile + i] = gp[i * C + c];
+              rwv[c] += gp[i * C + c] * v;
+              rbv[c] += gp[i * C + c];
+            }
+          }
+          for (int64_t i = n; i < kTile; ++i) {
+            rs[i] = T(0);
+            for (int64_t c = 0; c < C; ++c) xh[c * kTile + i] = gt[c * kTile + i] = T(0);
+          }
+#pragma omp simd
+          for (int64_t i = 0; i < kTile; ++i) a[i] = bq[i] = T(0);
+          for (int64_t c = 0; c < C; ++c) {
+            const T wc = w[c];
+#pragma omp simd
+            for (int64_t i = 0; i < kTile; ++i) {
+              const T g = gt[c * kTile + i] * wc;
+              a[i] += g;
+              bq[i] += g * xh[c * kTile + i];
+            }
+          }
+#pragma omp simd
+          for (int64_t i = 0; i < kTile; ++i) {
+            a[i] *= inv_c;
+            bq[i] *= inv_c;
+          }
+          T* __restrict op = gx + p0 * C;
+          for (int64_t i = 0; i < n; ++i)
+            for (int64_t c = 0; c < C; ++c)
+              op[i * C + c] = (gt[c * kTile + i] * w[c] - a[i] - xh[c * kTile + i] * bq[i]) * rs[i];
+        }
+        for (int64_t c = 0; c < C; ++c) {
+          pw[c] += double(rw[c]);
+          pb[c] += double(rb[c]);
+        }
+      }
+    }
+  });
+}
+
+std::vector<torch::Tensor> ln_backward(const torch::Tensor& gy, const torch::Tensor& x, const torch::Tensor& mean,
+                                       const torch::Tensor& rstd, const torch::Tensor& w) {
+  check_cl(x, "x");
+  check_cl(gy, "gy");
+  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), P = B * H * W;
+  auto gx = torch::empty_like(x, at::MemoryFormat::ChannelsLast);
+  const int64_t nblocks = (B * H + kRowsPerBlock - 1) / kRowsPerBlock;
+  auto dopts = x.options().dtype(torch::kFloat64);
+  auto part_w = torch::empty({nblocks, C}, dopts), part_b = torch::empty({nblocks, C}, dopts);
+  auto wc = w.contiguous(), mc = mean.contiguous(), rc = rstd.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "ln_backward", [&] {
+    dispatch_c(C, [&](auto cc) {
+      ln_bwd_impl<scalar_t, decltype(cc)::value>(
+          gy.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), mc.data_ptr<scalar_t>(), rc.data_ptr<scalar_t>(),
+          wc.data_ptr<scalar_t>(), P, C, W, gx.data_ptr<scalar_t>(), part_w.data_ptr<double>(),
+          part_b.data_ptr<double>());
+    });
+  });
+  // block partials summed in block order (sum over dim 0 of a small double tensor is sequential-stable
+  // enough here: at most a few hundred rows, then rounded once to x's dtype)
+  return {gx, part_w.sum(0).to(x.scalar_type()), part_b.sum(0).to(x.scalar_type())};
+}
+
+// -------------------------------------------------------------------- depth-wise weight gradient
+// gw[c, i, j] = sum_{b, h, w} gy[b, c, h, w] * x[b, c, h + d (i - k/2), w + d (j - k/2)] (zero outside).
+template <typename T>
+void dw_wgrad_impl(const T* x, const T* gy, int64_t B, int64_t C, int64_t H, int64_t W, int64_t k, int64_t d,
+                   double* part) {
+  // per tap, a row-long buffer accumulates gy[w, c] * x[w + dj, c] over the block's rows: each row and
+  // tap is one contiguous multiply-add (vectorised whatever C is); the buffers are reduced over w once
+  // per block
+  const int64_t rows = B * H, nblocks = (rows + kRowsPerBlock - 1) / kRowsPerBlock, kk = k * k, r = k / 2;
+  const int64_t WC = W * C;
+  at::parallel_for(0, nblocks, 1, [&](int64_t k0, int64_t k1) {
+    std::vector<T> buf(kk * WC);
+    for (int64_t blk = k0; blk < k1; ++blk) {
+      std::fill(buf.begin(), buf.end(), T(0));
+      const int64_t q1 = std::min(rows, (blk + 1) * kRowsPerBlock);
+      for (int64_t q = blk * kRowsPerBlock; q < q1; ++q) {
+        const int64_t b = q / H, h = q % H;
+        const T* grow = gy + (b * H + h) * WC;
+        for (int64_t i = 0; i < k; ++i) {
+          const int64_t hh = h + d * (i - r);
+          if (hh < 0 || hh >= H) continue;
+          const T* xrow = x + (b * H + hh) * WC;
+          for (int64_t j = 0; j < k; ++j) {
+            const int64_t dj = d * (j - r);
+            const int64_t w0 = std::max<int64_t>(0, -dj), w1 = std::min<int64_t>(W, W - dj);
+            if (w1 <= w0) continue;
+            T* __restrict a = buf.data() + (i * k + j) * WC + w0 * C;
+            const T* __restrict g = grow + w0 * C;
+            const T* __restrict xv = xrow + (w0 + dj) * C;
+            const int64_t L = (w1 - w0) * C;
+            for (int64_t t = 0; t < L; ++t) a[t] += g[t] * xv[t];
+          }
+        }
+      }
+      double* pp = part + blk * kk * C;
+      for (int64_t tap = 0; tap < kk; ++tap) {
+        const T* a = buf.data() + tap * WC;
+        for (int64_t c = 0; c < C; ++c) {
+          double s = 0;
+          for (int64_t w = 0; w < W; ++w) s += double(a[w * C + c]);
+          pp[tap * C + c] = s;
+        }
+      }
+    }
+  });
+}
+
+torch::Tensor dw_weight_grad(const torch::Tensor& x, const torch::Tensor& gy, int64_t k, int64_t d) {
+  check_cl(x, "x");
+  check_cl(gy, "gy");
+  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  const int64_t nblocks = (B * H + kRowsPerBlock - 1) / kRowsPerBlock;
+  auto part = torch::empty({nblocks, k, k, C}, x.options().dtype(torch::kFloat64));
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dw_weight_grad", [&] {
+    dw_wgrad_impl<scalar_t>(x.data_ptr<scalar_t>(), gy.data_ptr<scalar_t>(), B, C, H, W, k, d,
+                            part.data_ptr<double>());
+  });
+  return part.sum(0).permute({2, 0, 1}).contiguous().view({C, 1, k, k}).to(x.scalar_type());
+}
+
+// ---------------------------------------------------------------------------------- GroupNorm
+// Channel sums over n pixels of a channels-last map, as contiguous multiply-adds: the pixels are read
+// kSpan at a time as one vector of kSpan * C values (position t holds channel t % C), so the inner loop
+// vectorises whatever C is; each span vector is folded into per-channel double sums every 256 pixels.
+// f(t, xv) gives the value to sum at span position t for input value xv.
+constexpr int64_t kSpan = 16;
+
+template <typename T, typename F>
+void channel_sums(const T* x, int64_t n, int64_t C, double* out, std::vector<T>& acc, F f) {
+  const int64_t L = kSpan * C;
+  std::fill(out, out + C, 0.0);
+  int64_t p = 0;
+  while (p + kSpan <= n) {
+    std::fill(acc.begin(), acc.end(), T(0));
+    T* __restrict a = acc.data();
+    const int64_t stop = std::min(n - kSpan, p + 256);
+    for (; p <= stop; p += kSpan) {
+      const T* __restrict xv = x + p * C;
+#pragma omp simd
+      for (int64_t t = 0; t < L; ++t) a[t] += f(t, xv[t]);
+    }
+    for (int64_t t = 0; t < L; ++t) out[t % C] += double(a[t]);
+  }
+  for (; p < n; ++p)
+    for (int64_t c = 0; c < C; ++c) out[c] += double(f(c, x[p * C + c]));
+}
+
+// Per-(image, group) mean and 1 / sqrt(var + eps), two passes, channel sums in double.
+template <typename T>
+void gn_stats_impl(const T* x, int64_t B, int64_t C, int64_t HW, int64_t G, double eps, T* mean, T* rstd) {
+  const int64_t cg = C / G;
+  const double n = double(cg * HW);
+  at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<double> s(C);
+    std::vector<T> acc(kSpan * C), mrep(kSpan * C);
+    for (int64_t b = b0; b < b1; ++b) {
+      const T* xb = x + b * HW * C;
+      channel_sums(xb, HW, C, s.data(), acc, [](int64_t, T v) { return v; });
+      for (int64_t g = 0; g < G; ++g) {
+        double t = 0;
+        for (int64_t c = g * cg; c < (g + 1) * cg; ++c) t += s[c];
+        mean[b * G + g] = T(t / n);
+      }
+      for (int64_t t = 0; t < kSpan * C; ++t) mrep[t] = mean[b * G + (t % C) / cg];
+      const T* __restrict mr = mrep.data();
+      channel_sums(xb, HW, C, s.data(), acc, [mr](int64_t t, T v) { return (v - mr[t]) * (v - mr[t]); });
+      for (int64_t g = 0; g < G; ++g) {
+        double t = 0;
+        for (int64_t c = g * cg; c < (g + 1) * cg; ++c) t += s[c];
+        rstd[b * G + g] = T(1.0 / std::sqrt(double(T(t / n)) + eps));
+      }
+    }
+  });
+}
+
+std::vector<torch::Tensor> gn_stats(const torch::Tensor& x, int64_t groups, double eps) {
+  check_cl(x, "x");
+  const int64_t B = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
+  TORCH_CHECK(C % groups == 0, "channels ", C, " not divisible by groups ", groups);
+  auto mean = torch::empty({B, groups}, x.options()), rstd = torch::empty({B, groups}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gn_stats", [&] {
+    gn_stats_impl<scalar_t>(x.data_ptr<scalar_t>(), B, C, HW, groups, eps, mean.data_ptr<scalar_t>(),
+                            rstd.data_ptr<scalar_t>());
+  });
+  return {mean, rstd};
+}
+
+// y = (x - mean[b, c]) * scale[b, c] + shift[c] (mean, scale: B x C; per-channel broadcasts done by the caller)
+template <typename T>
+void affine_impl(const T* x, const T* mean, const T* scale, const T* shift, int64_t B, int64_t C, int64_t HW,
+                 T* y) {
+  at::parallel_for(0, B * HW, 1024, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t b = p / HW;
+      const T* __restrict m = mean + b * C;
+      const T* __restrict s = scale + b * C;
+      const T* __restrict sh = shift;
+      const T* __restrict xp = x + p * C;
+      T* __restrict yp = y + p * C;
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) yp[c] = (xp[c] - m[c]) * s[c] + sh[c];
+    }
+  });
+}
+
+torch::Tensor gn_affine(const torch::Tensor& x, const torch::Tensor& mean, const torch::Tensor& scale,
+                        const torch::Tensor& shift) {
+  check_cl(x, "x");
+  const int64_t B = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
+  auto y = torch::empty_like(x, at::MemoryFormat::ChannelsLast);
+  auto mc = mean.contiguous(), sc = scale.contiguous(), hc = shift.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gn_affine", [&] {
+    affine_impl<scalar_t>(x.data_ptr<scalar_t>(), mc.data_ptr<scalar_t>(), sc.data_ptr<scalar_t>(),
+                          hc.data_ptr<scalar_t>(), B, C, HW, y.data_ptr<scalar_t>());
+  });
+  return y;
+}
+
+// Per-(image, channel) sums of gy and of gy * (x - mean): the GroupNorm backward's reductions.
+template <typename T>
+void gn_bwd_sums_impl(const T* gy, const T* x, const T* mean, int64_t B, int64_t C, int64_t HW, double* sg,
+                      double* sgd) {
+  const int64_t L = kSpan * C;
+  at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<T> a1(L), a2(L), mrep(L);
+    for (int64_t b = b0; b < b1; ++b) {
+      for (int64_t t = 0; t < L; ++t) mrep[t] = mean[b * C + t % C];
+      const T* __restrict mr = mrep.data();
+      const T* g = gy + b * HW * C;
+      const T* xb = x + b * HW * C;
+      double* s1 = sg + b * C;
+      double* s2 = sgd + b * C;
+      std::fill(s1, s1 + C, 0.0);
+      std::fill(s2, s2 + C, 0.0);
+      int64_t p = 0;
+      while (p + kSpan <= HW) {
+        std::fill(a1.begin(), a1.end(), T(0));
+        std::fill(a2.begin(), a2.end(), T(0));
+        T* __restrict u = a1.data();
+        T* __restrict v = a2.data();
+        const int64_t stop = std::min(HW - kSpan, p + 256);
+        for (; p <= stop; p += kSpan) {
+          const T* __restrict gv = g + p * C;
+          const T* __restrict xv = xb + p * C;
+#pragma omp simd
+          for (int64_t t = 0; t < L; ++t) {
+            u[t] += gv[t];
+            v[t] += gv[t] * (xv[t] - mr[t]);
+          }
+        }
+        for (int64_t t = 0; t < L; ++t) {
+          s1[t % C] += double(a1[t]);
+          s2[t % C] += double(a2[t]);
+        }
+      }
+      for (; p < HW; ++p)
+        for (int64_t c = 0; c < C; ++c) {
+          s1[c] += double(g[p * C + c]);
+          s2[c] += double(g[p * C + c] * (xb[p * C + c] - mr[c]));
+        }
+    }
+  });
+}
+
+std::vector<torch::Tensor> gn_backward_sums(const torch::Tensor& gy, const torch::Tensor& x,
+                                            const torch::Tensor& mean) {
+  check_cl(x, "x");
+  check_cl(gy, "gy");
+  const int64_t B = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
+  auto dopts = x.options().dtype(torch::kFloat64);
+  auto sg = torch::empty({B, C}, dopts), sgd = torch::empty({B, C}, dopts);
+  auto mc = mean.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gn_backward_sums", [&] {
+    gn_bwd_sums_impl<scalar_t>(gy.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), mc.data_ptr<scalar_t>(), B, C,
+                               HW, sg.data_ptr<double>(), sgd.data_ptr<double>());
+  });
+  return {sg.to(x.scalar_type()), sgd.to(x.scalar_type())};
+}
+
+// gx = c1 * gy + c2 + c3 * (x - mean), all coefficients B x C.
+template <typename T>
+void gn_bwd_apply_impl(const T* gy, const T* x, const T* mean, const T* c1, const T* c2, const T* c3, int64_t B,
+                       int64_t C, int64_t HW, T* gx) {
+  at::parallel_for(0, B * HW, 1024, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t o = (p / HW) * C;
+      const T* __restrict g = gy + p * C;
+      const T* __restrict xv = x + p * C;
+      const T* __restrict a1 = c1 + o;
+      const T* __restrict a2 = c2 + o;
+      const T* __restrict a3 = c3 + o;
+      const T* __restrict mv = mean + o;
+      T* __restrict out = gx + p * C;
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) out[c] = a1[c] * g[c] + a2[c] + a3[c] * (xv[c] - mv[c]);
+    }
+  });
+}
+
+torch::Tensor gn_backward_apply(const torch::Tensor& gy, const torch::Tensor& x, const torch::Tensor& mean,
+                                const torch::Tensor& c1, const torch::Tensor& c2, const torch::Tensor& c3) {
+  check_cl(x, "x");
+  check_cl(gy, "gy");
+  const int64_t B = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
+  auto gx = torch::empty_like(x, at::MemoryFormat::ChannelsLast);
+  auto m = mean.contiguous(), a = c1.contiguous(), b = c2.contiguous(), c = c3.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gn_backward_apply", [&] {
+    gn_bwd_apply_impl<scalar_t>(gy.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), m.data_ptr<scalar_t>(),
+                                a.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(), c.data_ptr<scalar_t>(), B, C, HW,
+                                gx.data_ptr<scalar_t>());
+  });
+  return gx;
+}
+
+// ------------------------------------------------------------------- GroupNorm + 2x2 max-pool
+// out = |a| * max over the 2x2 window of sgn * (x - mean) + shift, with a = rstd * w, sgn = sign(a)
+// (an affine map commutes with the max this way). Window order and ties as ATen's max_pool2d: the
+// first strict maximum in (0,0), (0,1), (1,0), (1,1) order; NaN wins. With ``save`` also the
+// arg-max (0..3) and the pooled sgn * (x - mean) for the backward.
+template <typename T>
+void gn_pool_impl(const T* x, const T* mean, const T* a, const T* shift, int64_t B, int64_t C, int64_t H,
+                  int64_t W, T* out, T* pooled_d, T* idx) {
+  const int64_t Ho = H / 2, Wo = W / 2;
+  at::parallel_for(0, B * Ho, 16, [&](int64_t q0, int64_t q1) {
+    std::vector<T> sg(C), aa(C);
+    int64_t last_b = -1;
+    for (int64_t q = q0; q < q1; ++q) {
+      const int64_t b = q / Ho, ho = q % Ho;
+      if (b != last_b) {
+        for (int64_t c = 0; c < C; ++c) {
+          const T av = a[b * C + c];
+          sg[c] = av < T(0) ? T(-1) : T(1);
+          aa[c] = std::abs(av);
+        }
+        last_b = b;
+      }
+      const T* m = mean + b * C;
+      const T* r0 = x + ((b * H + 2 * ho) * W) * C;
+      const T* r1 = r0 + W * C;
+      for (int64_t wo = 0; wo < Wo; ++wo) {
+        const T* __restrict p00 = r0 + 2 * wo * C;
+        const T* __restrict p01 = p00 + C;
+        const T* __restrict p10 = r1 + 2 * wo * C;
+        const T* __restrict p11 = p10 + C;
+        const int64_t o = (q * Wo + wo) * C;
+        T* __restrict ov = out + o;
+        if (idx == nullptr) {
+          // selects, not branches: the comparisons are data-dependent (unpredictable) and this way
+          // the channel loop vectorises
+#pragma omp simd
+          for (int64_t c = 0; c < C; ++c) {
+            const T s = sg[c], mc = m[c];
+            T best = s * (p00[c] - mc);
+            T v = s * (p01[c] - mc);
+            best = (v > best || v != v) ? v : best;
+            v = s * (p10[c] - mc);
+            best = (v > best || v != v) ? v : best;
+            v = s * (p11[c] - mc);
+            best = (v > best || v != v) ? v : best;
+            ov[c] = best * aa[c] + shift[c];
+          }
+        } else {
+          T* __restrict pd = pooled_d + o;
+          T* __restrict iv = idx + o;
+#pragma omp simd
+          for (int64_t c = 0; c < C; ++c) {
+            const T s = sg[c], mc = m[c];
+            T best = s * (p00[c] - mc);
+            T bi = 0;
+            T v = s * (p01[c] - mc);
+            bool t = v > best || v != v;
+            best = t ? v : best;
+            bi = t ? T(1) : bi;
+            v = s * (p10[c] - mc);
+            t = v > best || v != v;
+            best = t ? v : best;
+            bi = t ? T(2) : bi;
+            v = s * (p11[c] - mc);
+            t = v > best || v != v;
+            best = t ? v : best;
+            bi = t ? T(3) : bi;
+            ov[c] = best * aa[c] + shift[c];
+            pd[c] = best;
+            iv[c] = bi;
+          }
+        }
+      }
+    }
+  });
+}
+
+std::vector<torch::Tensor> gn_pool_forward(const torch::Tensor& x, const torch::Tensor& mean, const torch::Tensor& a,
+                                           const torch::Tensor& shift, bool save) {
+  check_cl(x, "x");
+  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  TORCH_CHECK(H % 2 == 0 && W % 2 == 0, "gn_pool_forward needs even sides, got ", H, " x ", W);
+  auto out = torch::empty({B, C, H / 2, W / 2}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  torch::Tensor pd, idx;
+  if (save) {
+    pd = torch::empty_like(out, at::MemoryFormat::ChannelsLast);
+    idx = torch::empty_like(out, at::MemoryFormat::ChannelsLast);  // arg-max 0..3, in x's dtype (vectorises)
+  }
+  auto m = mean.contiguous(), ac = a.contiguous(), sc = shift.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gn_pool_forward", [&] {
+    gn_pool_impl<scalar_t>(x.data_ptr<scalar_t>(), m.data_ptr<scalar_t>(), ac.data_ptr<scalar_t>(),
+                           sc.data_ptr<scalar_t>(), B, C, H, W, out.data_ptr<scalar_t>(),
+                           save ? pd.data_ptr<scalar_t>() : nullptr, save ? idx.data_ptr<scalar_t>() : nullptr);
+  });
+  if (save) return {out, pd, idx};
+  return {out};
+}
+
+// gx = c2 + c3 * (x - mean) everywhere, plus c1 * gp at each window's arg-max.
+template <typename T>
+void gn_pool_bwd_impl(const T* gp, const T* x, const T* mean, const T* idx, const T* c1, const T* c2,
+                      const T* c3, int64_t B, int64_t C, int64_t H, int64_t W, T* gx) {
+  const int64_t Ho = H / 2, Wo = W / 2;
+  at::parallel_for(0, B * Ho, 16, [&](int64_t q0, int64_t q1) {
+    for (int64_t q = q0; q < q1; ++q) {
+      const int64_t b = q / Ho, ho = q % Ho, o = b * C;
+      for (int64_t dh = 0; dh < 2; ++dh) {
+        const int64_t h = 2 * ho + dh;
+        const T* xr = x + ((b * H + h) * W) * C;
+        T* gr = gx + ((b * H + h) * W) * C;
+        for (int64_t w = 0; w < W; ++w) {
+          const int64_t wo = w / 2;
+          const T pos = T(dh * 2 + (w & 1));
+          const int64_t po = (q * Wo + wo) * C;
+          const T* __restrict iv = idx + po;
+          const T* __restrict gv = gp + po;
+          const T* __restrict xv = xr + w * C;
+          const T* __restrict a1 = c1 + o;
+          const T* __restrict a2 = c2 + o;
+          const T* __restrict a3 = c3 + o;
+          const T* __restrict mv = mean + o;
+          T* __restrict out = gr + w * C;
+#pragma omp simd
+          for (int64_t c = 0; c < C; ++c) {
+            const T hit = iv[c] == pos ? a1[c] * gv[c] : T(0);  // a select, not a branch
+            out[c] = a2[c] + a3[c] * (xv[c] - mv[c]) + hit;
+          }
+        }
+      }
+    }
+  });
+}
+
+torch::Tensor gn_pool_backward(const torch::Tensor& gp, const torch::Tensor& x, const torch::Tensor& mean,
+                               const torch::Tensor& idx, const torch::Tensor& c1, const torch::Tensor& c2,
+                               const torch::Tensor& c3) {
+  check_cl(x, "x");
+  check_cl(gp, "gp");
+  check_cl(idx, "idx");
+  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  auto gx = torch::empty_like(x, at::MemoryFormat::ChannelsLast);
+  auto m = mean.contiguous(), a = c1.contiguous(), b = c2.contiguous(), c = c3.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gn_pool_backward", [&] {
+    gn_pool_bwd_impl<scalar_t>(gp.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), m.data_ptr<scalar_t>(),
+                               idx.data_ptr<scalar_t>(), a.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(),
+                               c.data_ptr<scalar_t>(), B, C, H, W, gx.data_ptr<scalar_t>());
+  });
+  return gx;
+}
+
+}  // namespace
+
+// The GIL is released in every kernel: engine.fast runs them from several worker threads at once.
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("ln_forward", &ln_forward, "channels LayerNorm of a channels-last map (y[, mean, rstd])", py::call_guard<py::gil_scoped_release>());
+  m.def("ln_backward", &ln_backward, "its backward (gx, gw, gb)", py::call_guard<py::gil_scoped_release>());
+  m.def("dw_weight_grad", &dw_weight_grad, "weight gradient of a depth-wise 'same' conv", py::call_guard<py::gil_scoped_release>());
+  m.def("gn_stats", &gn_stats, "GroupNorm two-pass statistics (mean, rstd), B x G", py::call_guard<py::gil_scoped_release>());
+  m.def("gn_affine", &gn_affine, "(x - mean) * scale + shift, per (image, channel)", py::call_guard<py::gil_scoped_release>());
+  m.def("gn_backward_sums", &gn_backward_sums, "per-(image, channel) sums of gy and gy * (x - mean)", py::call_guard<py::gil_scoped_release>());
+  m.def("gn_backward_apply", &gn_backward_apply, "gx = c1 * gy + c2 + c3 * (x - mean)", py::call_guard<py::gil_scoped_release>());
+  m.def("gn_pool_forward", &gn_pool_forward, "GroupNorm + 2x2 max-pool (out[, pooled d, arg-max])", py::call_guard<py::gil_scoped_release>());
+  m.def("gn_pool_backward", &gn_pool_backward, "its input gradient", py::call_guard<py::gil_scoped_release>());
+}
