@@ -469,8 +469,11 @@ class _Run:
         self.model: nn.Module = create_model(cfg.model, **cfg.model_overrides).to(self.device)
         self.weights = loss_weights_of(self.model)
         self.train_model, self.eval_model = self._fast_views()
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=r.lr, betas=r.betas, eps=r.eps,
-                                           weight_decay=r.weight_decay, amsgrad=False)
+        opt_cls: Any = torch.optim.AdamW
+        if self.use_fast:  # the fast path also takes the fused AdamW kernel on the CPU
+            from engine.fast import adamw as opt_cls
+        self.optimizer = opt_cls(self.model.parameters(), lr=r.lr, betas=r.betas, eps=r.eps,
+                                 weight_decay=r.weight_decay, amsgrad=False)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=r.t_max, eta_min=r.eta_min)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.data_gen = torch.Generator().manual_seed(derived_seed(cfg.seed, "data-order"))

@@ -11,7 +11,7 @@ so that load from other processes hits both alike; ratios are the median of per-
 
 Candidates: (a) ``reference`` = :class:`egeunet.reference.ReferenceEGEUNet`, plain eager;
 (b) ``fast`` = :func:`engine.fast.make_fast` over :class:`egeunet.model.EGEUNet` with the same
-weights. ``--extra`` adds diagnostic variants (``fast_w2``: the fast path with two single-threaded worker threads;
+weights, trained with :func:`engine.fast.adamw` (fused AdamW on the CPU) as ``engine.train`` does. ``--extra`` adds diagnostic variants (``fast_w2``: the fast path with two single-threaded worker threads;
 ``compiled``: ``torch.compile`` of the fast path, compile time reported; on CUDA ``amp``).
 Accuracy: max |output - reference| in float32 on a fixed batch (and the relative parameter-gradient
 difference for training), next to the float32 noise floor (reference in float32 vs float64).
@@ -119,7 +119,7 @@ def build_candidates(device: torch.device, extra: list[str], workers: int | None
                      ) -> tuple[dict[str, Candidate], nn.Module]:
     from egeunet.model import EGEUNet
     from egeunet.reference import ReferenceEGEUNet
-    from engine.fast import make_fast
+    from engine.fast import adamw, make_fast
 
     torch.manual_seed(seed)
     ref = ReferenceEGEUNet().to(device)
@@ -137,13 +137,13 @@ def build_candidates(device: torch.device, extra: list[str], workers: int | None
     m_inf, m_tr = egeunet(), egeunet()
     f_tr = make_fast(m_tr, "train", workers=workers)
     cands["fast"] = Candidate("fast", make_fast(m_inf, "infer", workers=workers), f_tr,
-                              torch.optim.AdamW(f_tr.parameters(), lr=1e-3),
+                              adamw(f_tr.parameters(), lr=1e-3),
                               note=f"make_fast (workers={f_tr.workers})")
     if "fast_w2" in extra:
         m1, m2 = egeunet(), egeunet()
         t1 = make_fast(m2, "train", workers=2)
         cands["fast_w2"] = Candidate("fast_w2", make_fast(m1, "infer", workers=2), t1,
-                                     torch.optim.AdamW(t1.parameters(), lr=1e-3),
+                                     adamw(t1.parameters(), lr=1e-3),
                                      note="make_fast, workers=2 (two single-threaded worker threads)")
     if "compiled" in extra:
         m1, m2 = egeunet(), egeunet()

@@ -232,6 +232,13 @@ def test_mask_cache_bit_identical_and_invalidated():
     opt.step()
     with torch.no_grad():
         assert torch.equal(cached(x).logits, uncached(x).logits)
+    # ATen's fused AdamW (the fast path's optimizer) updates in place without bumping version counters
+    opt = fast.adamw(model.parameters(), lr=0.1)
+    assert opt.defaults.get("fused") is True
+    _loss(model(x), _batch(size=64)[1], model.loss_weights).backward()
+    opt.step()
+    with torch.no_grad():
+        assert torch.equal(cached(x).logits, uncached(x).logits)
     other = EGEUNet()
     cached.load_state_dict(other.state_dict())
     with torch.no_grad():
