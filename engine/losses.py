@@ -16,6 +16,10 @@ Dice (per sample, smooth 1): ``1 - mean_b (2 * sum(p*t) + 1) / (sum(p) + sum(t) 
 official pipeline resizes masks bilinearly); both terms accept values in [0, 1].
 
 Half-precision logits (AMP) are upcast, so the loss is always computed in float32 or wider.
+
+On the CPU, with the fast path's fused kernels built (``engine._fastops``), the same formula runs as
+one autograd node: ATen's sigmoid and softplus, one pass for the per-image sums (in double) and one
+pass for the logit gradient, instead of ~15 full-size ops each way (same value to round-off; tested).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from egeunet.contract import SegOutput, as_seg_output
+from engine import _fastops
 
 __all__ = ["BceDice", "bce_dice", "model_loss"]
 
@@ -43,12 +48,40 @@ def bce_dice(logits: Tensor, target: Tensor, *, wb: float = 1.0, wd: float = 1.0
     target = _as_nchw(target).to(logits.dtype)
     if logits.shape != target.shape:
         raise ValueError(f"logits {tuple(logits.shape)} and target {tuple(target.shape)} differ in shape")
+    if logits.device.type == "cpu" and not target.requires_grad and logits.numel() > 0:
+        ext = _fastops.ops()
+        if ext is not None:
+            return _BceDiceFused.apply(logits.contiguous(), target.contiguous(), float(wb), float(wd), float(smooth))
     bce = F.binary_cross_entropy_with_logits(logits, target)  # mean over all B*C*H*W elements
     p = torch.sigmoid(logits).flatten(1)
     t = target.flatten(1)
     dice_coef = (2.0 * (p * t).sum(1) + smooth) / (p.sum(1) + t.sum(1) + smooth)
     dice = 1.0 - dice_coef.mean()
     return wb * bce + wd * dice
+
+
+class _BceDiceFused(torch.autograd.Function):
+    """:func:`bce_dice` as one node with the fused kernels (CPU, float32/64, contiguous maps)."""
+
+    @staticmethod
+    def forward(ctx, z: Tensor, t: Tensor, wb: float, wd: float, smooth: float) -> Tensor:  # type: ignore[override]
+        ext = _fastops.ops()
+        p = torch.sigmoid(z)
+        sums = ext.bce_dice_sums(z, t, p, F.softplus(z))  # B x 4, double
+        bsz, n = z.shape[0], z.numel()
+        denom = sums[:, 2] + sums[:, 3] + smooth
+        dcoef = (2.0 * sums[:, 1] + smooth) / denom
+        ctx.save_for_backward(p, t)
+        ctx.alpha = -wd / (bsz * denom)  # d Dice / d D_b, over (sum p + sum t + smooth)
+        ctx.dcoef, ctx.a = dcoef, wb / n
+        return (wb * sums[:, 0].sum() / n + wd * (1.0 - dcoef.mean())).to(z.dtype)
+
+    @staticmethod
+    def backward(ctx, g: Tensor):  # type: ignore[override]
+        p, t = ctx.saved_tensors
+        gv = float(g)
+        grad = _fastops.ops().bce_dice_grad(p, t, ctx.alpha * gv, ctx.dcoef, ctx.a * gv)
+        return grad, None, None, None, None
 
 
 class BceDice(nn.Module):

@@ -187,6 +187,33 @@ def test_bce_dice_matches_probability_form():
     assert BceDice()(z[:, 0], t[:, 0]).item() == pytest.approx(expected, rel=1e-6)  # B x H x W accepted
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_fused_bce_dice_equals_the_formula(dtype, monkeypatch):
+    """The one-node CPU loss (engine._fastops kernels) against the plain ATen formula: value and gradient."""
+    from engine import _fastops
+    from engine.losses import bce_dice
+
+    if _fastops.ops() is None:
+        pytest.skip("the fused kernels are not built here")
+    g = torch.Generator().manual_seed(5)
+    z = (torch.randn(3, 1, 16, 20, generator=g, dtype=dtype) * 8)
+    z[0, 0, 0, :4] = torch.tensor([-100.0, 100.0, 30.0, -30.0], dtype=dtype)  # saturated logits stay finite
+    t = (torch.rand(3, 1, 16, 20, generator=g) > 0.5).to(dtype)
+    t[1] = 0.3  # soft targets
+    res = {}
+    for flag in ("0", "1"):
+        monkeypatch.setenv("EGEUNET_FAST_EXT", flag)
+        zz = z.clone().requires_grad_()
+        loss = bce_dice(zz, t, wb=0.7, wd=1.3)
+        loss.backward()
+        res[flag] = (loss.detach(), zz.grad, type(loss.grad_fn).__name__)
+    assert "Fused" in res["1"][2] and "Fused" not in res["0"][2]
+    tol = 1e-10 if dtype == torch.float64 else 1e-5
+    assert float(res["1"][0]) == pytest.approx(float(res["0"][0]), rel=tol)
+    assert torch.allclose(res["1"][1], res["0"][1], rtol=tol, atol=tol * float(res["0"][1].abs().max()))
+    assert torch.isfinite(res["1"][1]).all()
+
+
 def test_model_loss_weights_and_egeunet():
     g = torch.Generator().manual_seed(2)
     maps = [torch.randn(2, 1, 8, 8, generator=g) for _ in range(3)]
