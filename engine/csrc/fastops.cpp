@@ -92,7 +92,7 @@ void dispatch_c(int64_t C, F&& f) {
   switch (C) {
 #define EGE_CASE(n) \
   case n: f(std::integral_constant<int, n>{}); break;
-    EGE_CASE(5) EGE_CASE(8) EGE_CASE(9) EGE_CASE(13) EGE_CASE(16) EGE_CASE(17) EGE_CASE(20) EGE_CASE(24)
+    EGE_CASE(1) EGE_CASE(5) EGE_CASE(8) EGE_CASE(9) EGE_CASE(13) EGE_CASE(16) EGE_CASE(17) EGE_CASE(20) EGE_CASE(24)
     EGE_CASE(25) EGE_CASE(32) EGE_CASE(36) EGE_CASE(48)
 #undef EGE_CASE
     default: f(std::integral_constant<int, 0>{}); break;
@@ -231,6 +231,126 @@ std::vector<torch::Tensor> ln_backward(const torch::Tensor& gy, const torch::Ten
   // block partials summed in block order (sum over dim 0 of a small double tensor is sequential-stable
   // enough here: at most a few hundred rows, then rounded once to x's dtype)
   return {gx, part_w.sum(0).to(x.scalar_type()), part_b.sum(0).to(x.scalar_type())};
+}
+
+// LayerNorm over channel groups of a virtual concatenation of channel ranges of several maps, without
+// writing the concatenation: segs = (source, first channel, count) rows in order; the concatenated
+// channels are split into consecutive groups (sizes), each normalised over its own channels with its
+// slice of w / b and written to its own dense channels-last output. Forward only (inference): GAB's
+// group inputs cat(xh_j, xl_j, mask) -> LN_j, and its tail LN over the cat of the group outputs.
+// kTile pixels of a C-channel channels-last map <-> C x kTile pixel-minor scratch (n <= kTile pixels;
+// padding lanes of the scratch are zeroed on the way in)
+template <typename T, int CC>
+inline void tile_in(const T* __restrict src, int64_t Crt, int64_t n, T* __restrict xt) {
+  const int64_t C = CC > 0 ? CC : Crt;
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t c = 0; c < C; ++c) xt[c * kTile + i] = src[i * C + c];
+  for (int64_t i = n; i < kTile; ++i)
+    for (int64_t c = 0; c < C; ++c) xt[c * kTile + i] = T(0);
+}
+
+template <typename T, int CC>
+inline void tile_out(const T* __restrict xt, int64_t Crt, int64_t n, T* __restrict dst) {
+  const int64_t C = CC > 0 ? CC : Crt;
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t c = 0; c < C; ++c) dst[i * C + c] = xt[c * kTile + i];
+}
+
+template <typename T>
+void ln_multi_impl(const std::vector<const T*>& src, const std::vector<int64_t>& src_c,
+                   const std::vector<int64_t>& seg, const std::vector<int64_t>& sizes, const T* w, const T* b,
+                   double eps, int64_t P, const std::vector<T*>& out) {
+  // every source is transposed whole into its rows of the scratch; the groups then read their
+  // channels through a row map (virtual concatenation order -> scratch row)
+  const int64_t nsrc = int64_t(src.size()), ngroups = int64_t(sizes.size());
+  std::vector<int64_t> base(nsrc + 1, 0);
+  for (int64_t k = 0; k < nsrc; ++k) base[k + 1] = base[k] + src_c[k];
+  std::vector<int64_t> rowmap;
+  for (size_t k = 0; k < seg.size(); k += 3)
+    for (int64_t c = 0; c < seg[k + 2]; ++c) rowmap.push_back(base[seg[k]] + seg[k + 1] + c);
+  int64_t gmax = 0;
+  for (auto g : sizes) gmax = std::max(gmax, g);
+  const int64_t ntiles = (P + kTile - 1) / kTile;
+  at::parallel_for(0, ntiles, 16, [&](int64_t t0, int64_t t1) {
+    std::vector<T> scratch(base[nsrc] * kTile), ot(gmax * kTile);
+    T* __restrict xt = scratch.data();
+    T* __restrict o = ot.data();
+    alignas(64) T m[kTile], r[kTile];
+    for (int64_t tile = t0; tile < t1; ++tile) {
+      const int64_t p0 = tile * kTile, n = std::min(kTile, P - p0);
+      for (int64_t k = 0; k < nsrc; ++k)
+        dispatch_c(src_c[k], [&](auto cc) {
+          tile_in<T, decltype(cc)::value>(src[k] + p0 * src_c[k], src_c[k], n, xt + base[k] * kTile);
+        });
+      int64_t g0 = 0;
+      for (int64_t gi = 0; gi < ngroups; ++gi) {
+        const int64_t gs = sizes[gi];
+        const T inv = T(1) / T(gs);
+#pragma omp simd
+        for (int64_t i = 0; i < kTile; ++i) m[i] = r[i] = T(0);
+        for (int64_t c = 0; c < gs; ++c) {
+          const T* __restrict row = xt + rowmap[g0 + c] * kTile;
+#pragma omp simd
+          for (int64_t i = 0; i < kTile; ++i) m[i] += row[i];
+        }
+#pragma omp simd
+        for (int64_t i = 0; i < kTile; ++i) m[i] *= inv;
+        for (int64_t c = 0; c < gs; ++c) {
+          const T* __restrict row = xt + rowmap[g0 + c] * kTile;
+#pragma omp simd
+          for (int64_t i = 0; i < kTile; ++i) {
+            const T d = row[i] - m[i];
+            r[i] += d * d;
+          }
+        }
+#pragma omp simd
+        for (int64_t i = 0; i < kTile; ++i) r[i] = T(1) / std::sqrt(r[i] * inv + T(eps));
+        for (int64_t c = 0; c < gs; ++c) {
+          const T* __restrict row = xt + rowmap[g0 + c] * kTile;
+          const T wc = w[g0 + c], bc = b[g0 + c];
+#pragma omp simd
+          for (int64_t i = 0; i < kTile; ++i) o[c * kTile + i] = (row[i] - m[i]) * r[i] * wc + bc;
+        }
+        dispatch_c(gs, [&](auto cc) { tile_out<T, decltype(cc)::value>(o, gs, n, out[gi] + p0 * gs); });
+        g0 += gs;
+      }
+    }
+  });
+}
+
+std::vector<torch::Tensor> ln_multi(const std::vector<torch::Tensor>& srcs, const std::vector<int64_t>& seg,
+                                    const std::vector<int64_t>& sizes, const torch::Tensor& w,
+                                    const torch::Tensor& b, double eps) {
+  TORCH_CHECK(!srcs.empty() && seg.size() % 3 == 0 && !sizes.empty(), "ln_multi: empty or malformed segments");
+  const auto& x0 = srcs[0];
+  const int64_t B = x0.size(0), H = x0.size(2), W = x0.size(3);
+  std::vector<int64_t> src_c;
+  for (const auto& t : srcs) {
+    check_cl(t, "ln_multi source");
+    TORCH_CHECK(t.size(0) == B && t.size(2) == H && t.size(3) == W && t.scalar_type() == x0.scalar_type(),
+                "ln_multi: sources differ in batch, size or dtype");
+    src_c.push_back(t.size(1));
+  }
+  int64_t total = 0, ctot = 0;
+  for (size_t k = 0; k < seg.size(); k += 3) {
+    TORCH_CHECK(seg[k] >= 0 && seg[k] < int64_t(srcs.size()) && seg[k + 1] >= 0 &&
+                    seg[k + 1] + seg[k + 2] <= src_c[seg[k]], "ln_multi: segment out of range");
+    total += seg[k + 2];
+  }
+  for (auto g : sizes) ctot += g;
+  TORCH_CHECK(total == ctot && w.numel() == ctot && b.numel() == ctot, "ln_multi: ", total, " segment channels, ",
+              ctot, " group channels, ", w.numel(), " weights");
+  std::vector<torch::Tensor> outs;
+  for (auto g : sizes) outs.push_back(torch::empty({B, g, H, W}, x0.options().memory_format(at::MemoryFormat::ChannelsLast)));
+  auto wc = w.contiguous(), bc = b.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(x0.scalar_type(), "ln_multi", [&] {
+    std::vector<const scalar_t*> sp;
+    for (const auto& t : srcs) sp.push_back(t.data_ptr<scalar_t>());
+    std::vector<scalar_t*> op;
+    for (auto& t : outs) op.push_back(t.data_ptr<scalar_t>());
+    ln_multi_impl<scalar_t>(sp, src_c, seg, sizes, wc.data_ptr<scalar_t>(), bc.data_ptr<scalar_t>(), eps, B * H * W, op);
+  });
+  return outs;
 }
 
 // -------------------------------------------------------------------- depth-wise weight gradient
@@ -734,6 +854,8 @@ torch::Tensor bce_dice_grad(const torch::Tensor& p, const torch::Tensor& t, cons
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("ln_forward", &ln_forward, "channels LayerNorm of a channels-last map (y[, mean, rstd])", py::call_guard<py::gil_scoped_release>());
   m.def("ln_backward", &ln_backward, "its backward (gx, gw, gb)", py::call_guard<py::gil_scoped_release>());
+  m.def("ln_multi", &ln_multi, "LayerNorm groups over a virtual concatenation of channel ranges (forward only)",
+        py::call_guard<py::gil_scoped_release>());
   m.def("dw_weight_grad", &dw_weight_grad, "weight gradient of a depth-wise 'same' conv", py::call_guard<py::gil_scoped_release>());
   m.def("gn_stats", &gn_stats, "GroupNorm two-pass statistics (mean, rstd), B x G", py::call_guard<py::gil_scoped_release>());
   m.def("gn_affine", &gn_affine, "(x - mean) * scale + shift, per (image, channel)", py::call_guard<py::gil_scoped_release>());
