@@ -112,3 +112,22 @@ def test_augment_on_gpu_matches_cpu():
     g = torch.Generator(device="cuda").manual_seed(5)
     xg, mg = augment_batch(normalise(imgs.numpy(), device="cuda"), masks.cuda(), g)
     assert set(mg.unique().tolist()) <= {0, 1}
+
+
+def test_normalise_is_bit_identical_to_the_plain_expression():
+    """normalise works in place for speed; its numbers are exactly (x - lo) / span * 255 in float32."""
+    import numpy as np
+
+    def plain(x):
+        x = x.permute(0, 3, 1, 2).to(torch.float32)
+        lo, hi = x.amin(dim=(1, 2, 3), keepdim=True), x.amax(dim=(1, 2, 3), keepdim=True)
+        span = hi - lo
+        return (x - lo) / torch.where(span > 0, span, torch.ones_like(span)) * 255.0
+
+    g = np.random.default_rng(3)
+    a = g.integers(10, 240, (4, 64, 48, 3), dtype=np.uint8)
+    a[1] = 7  # a constant image: span 0
+    assert torch.equal(normalise(a), plain(torch.from_numpy(a)))
+    f = torch.from_numpy(g.random((3, 32, 32, 3)).astype(np.float32) * 300 - 20)
+    assert torch.equal(normalise(f), plain(f))
+    assert normalise(a).is_contiguous()
