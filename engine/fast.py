@@ -651,22 +651,49 @@ def ghpa_forward(mod: GHPA, x: Tensor, cache: _MaskCache | None) -> Tensor:
     return seq(mod.ldw, x)
 
 
+class _LayerNormMulti(torch.autograd.Function):
+    """LayerNorm groups over a virtual concatenation of channel ranges of several maps (fused kernels
+    ``ln_multi`` / ``ln_multi_backward``): no concatenation is written either way, and the input
+    gradient lands directly in dense per-source gradients."""
+
+    @staticmethod
+    def forward(ctx: Any, seg: list[int], sizes: list[int], eps: float, w: Tensor, b: Tensor,  # type: ignore[override]
+                *srcs: Tensor) -> tuple[Tensor, ...]:
+        res = _fastops.ops().ln_multi(list(srcs), seg, sizes, w, b, eps, True)
+        n = len(sizes)
+        ctx.save_for_backward(w, *srcs, *res[n:])
+        ctx.seg, ctx.sizes, ctx.nsrc = seg, sizes, len(srcs)
+        return tuple(res[:n])
+
+    @staticmethod
+    def backward(ctx: Any, *gys: Tensor | None):  # type: ignore[override]
+        saved = ctx.saved_tensors
+        w, srcs, stats = saved[0], list(saved[1:1 + ctx.nsrc]), saved[1 + ctx.nsrc:]
+        n = len(ctx.sizes)
+        ref = srcs[0]
+        grads = [g.contiguous(memory_format=CL) if g is not None else
+                 ref.new_zeros(ref.shape[0], s, ref.shape[2], ref.shape[3]).contiguous(memory_format=CL)
+                 for g, s in zip(gys, ctx.sizes)]
+        res = _fastops.ops().ln_multi_backward(srcs, ctx.seg, ctx.sizes, w, list(stats[:n]), list(stats[n:]), grads)
+        return (None, None, None, res[-2], res[-1], *res[:-2])
+
+
 def _gab_ln_multi(mod: GAB, xh: Tensor, xl: Tensor, mask: Tensor | None) -> Tensor | None:
-    """GAB's no-grad forward with the fused ``ln_multi`` kernel: the group inputs are normalised
-    straight from xh / xl / mask and the tail LayerNorm straight from the group outputs, so neither
-    concatenation is written. None where the kernels do not apply."""
+    """GAB with the fused ``ln_multi`` kernels: the group inputs are normalised straight from
+    xh / xl / mask and the tail LayerNorm straight from the group outputs, so neither concatenation
+    is written (nor, in training, split again in the backward). None where the kernels do not apply."""
     n = len(mod.dilations)
     lns = [getattr(mod, f"g{j}")[0] for j in range(n)]
     tail = mod.tail_conv[0]
     srcs = [xh, xl] + ([mask] if mask is not None else [])
-    if (torch.is_grad_enabled() and any(t.requires_grad for t in srcs)) or xl.shape[1] % n:
-        return None
-    if any(t.dtype != xl.dtype for t in srcs) or any(
+    if xl.shape[1] % n or any(t.dtype != xl.dtype for t in srcs) or any(
             ln.weight.dtype != xl.dtype or ln.eps != lns[0].eps for ln in lns) or tail.weight.dtype != xl.dtype:
         return None
     ext = _kernels(*srcs)
     if ext is None:
         return None
+    grad = torch.is_grad_enabled() and (any(t.requires_grad for t in srcs) or any(
+        p.requires_grad for ln in [*lns, tail] for p in (ln.weight, ln.bias)))
     a = xl.shape[1] // n
     seg: list[int] = []
     for j in range(n):
@@ -674,12 +701,17 @@ def _gab_ln_multi(mod: GAB, xh: Tensor, xl: Tensor, mask: Tensor | None) -> Tens
     gs = 2 * a + (mask.shape[1] if mask is not None else 0)
     w = torch.cat([ln.weight for ln in lns])
     b = torch.cat([ln.bias for ln in lns])
-    groups = ext.ln_multi(srcs, seg, [gs] * n, w, b, lns[0].eps)
-    outs = [conv(getattr(mod, f"g{j}")[1], z) for j, z in enumerate(groups)]
-    outs = [o.contiguous(memory_format=CL) for o in outs]
+    if grad:
+        groups = _LayerNormMulti.apply(seg, [gs] * n, lns[0].eps, w, b, *srcs)
+    else:
+        groups = ext.ln_multi(srcs, seg, [gs] * n, w, b, lns[0].eps, False)
+    outs = [conv(getattr(mod, f"g{j}")[1], z).contiguous(memory_format=CL) for j, z in enumerate(groups)]
     sizes = [o.shape[1] for o in outs]
-    t = ext.ln_multi(outs, [v for k, c in enumerate(sizes) for v in (k, 0, c)], [sum(sizes)], tail.weight,
-                     tail.bias, tail.eps)[0]
+    tseg = [v for k, c in enumerate(sizes) for v in (k, 0, c)]
+    if grad:
+        t = _LayerNormMulti.apply(tseg, [sum(sizes)], tail.eps, tail.weight, tail.bias, *outs)[0]
+    else:
+        t = ext.ln_multi(outs, tseg, [sum(sizes)], tail.weight, tail.bias, tail.eps, False)[0]
     return conv(mod.tail_conv[1], t)
 
 

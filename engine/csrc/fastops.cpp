@@ -259,7 +259,8 @@ inline void tile_out(const T* __restrict xt, int64_t Crt, int64_t n, T* __restri
 template <typename T>
 void ln_multi_impl(const std::vector<const T*>& src, const std::vector<int64_t>& src_c,
                    const std::vector<int64_t>& seg, const std::vector<int64_t>& sizes, const T* w, const T* b,
-                   double eps, int64_t P, const std::vector<T*>& out) {
+                   double eps, int64_t P, const std::vector<T*>& out, const std::vector<T*>& smean,
+                   const std::vector<T*>& srstd) {
   // every source is transposed whole into its rows of the scratch; the groups then read their
   // channels through a row map (virtual concatenation order -> scratch row)
   const int64_t nsrc = int64_t(src.size()), ngroups = int64_t(sizes.size());
@@ -312,23 +313,27 @@ void ln_multi_impl(const std::vector<const T*>& src, const std::vector<int64_t>&
           for (int64_t i = 0; i < kTile; ++i) o[c * kTile + i] = (row[i] - m[i]) * r[i] * wc + bc;
         }
         dispatch_c(gs, [&](auto cc) { tile_out<T, decltype(cc)::value>(o, gs, n, out[gi] + p0 * gs); });
+        if (!smean.empty())
+          for (int64_t i = 0; i < n; ++i) {
+            smean[gi][p0 + i] = m[i];
+            srstd[gi][p0 + i] = r[i];
+          }
         g0 += gs;
       }
     }
   });
 }
 
-std::vector<torch::Tensor> ln_multi(const std::vector<torch::Tensor>& srcs, const std::vector<int64_t>& seg,
-                                    const std::vector<int64_t>& sizes, const torch::Tensor& w,
-                                    const torch::Tensor& b, double eps) {
+// checks the sources and segments of ln_multi / ln_multi_backward; returns the sources' channel counts
+std::vector<int64_t> check_multi(const std::vector<torch::Tensor>& srcs, const std::vector<int64_t>& seg,
+                                 const std::vector<int64_t>& sizes, const torch::Tensor& w, const torch::Tensor& b) {
   TORCH_CHECK(!srcs.empty() && seg.size() % 3 == 0 && !sizes.empty(), "ln_multi: empty or malformed segments");
   const auto& x0 = srcs[0];
-  const int64_t B = x0.size(0), H = x0.size(2), W = x0.size(3);
   std::vector<int64_t> src_c;
   for (const auto& t : srcs) {
     check_cl(t, "ln_multi source");
-    TORCH_CHECK(t.size(0) == B && t.size(2) == H && t.size(3) == W && t.scalar_type() == x0.scalar_type(),
-                "ln_multi: sources differ in batch, size or dtype");
+    TORCH_CHECK(t.size(0) == x0.size(0) && t.size(2) == x0.size(2) && t.size(3) == x0.size(3) &&
+                    t.scalar_type() == x0.scalar_type(), "ln_multi: sources differ in batch, size or dtype");
     src_c.push_back(t.size(1));
   }
   int64_t total = 0, ctot = 0;
@@ -340,17 +345,187 @@ std::vector<torch::Tensor> ln_multi(const std::vector<torch::Tensor>& srcs, cons
   for (auto g : sizes) ctot += g;
   TORCH_CHECK(total == ctot && w.numel() == ctot && b.numel() == ctot, "ln_multi: ", total, " segment channels, ",
               ctot, " group channels, ", w.numel(), " weights");
-  std::vector<torch::Tensor> outs;
+  return src_c;
+}
+
+// returns the group outputs, then (with save) every group's mean and rstd (B x 1 x H x W each)
+std::vector<torch::Tensor> ln_multi(const std::vector<torch::Tensor>& srcs, const std::vector<int64_t>& seg,
+                                    const std::vector<int64_t>& sizes, const torch::Tensor& w,
+                                    const torch::Tensor& b, double eps, bool save) {
+  const auto src_c = check_multi(srcs, seg, sizes, w, b);
+  const auto& x0 = srcs[0];
+  const int64_t B = x0.size(0), H = x0.size(2), W = x0.size(3);
+  std::vector<torch::Tensor> outs, stats;
   for (auto g : sizes) outs.push_back(torch::empty({B, g, H, W}, x0.options().memory_format(at::MemoryFormat::ChannelsLast)));
+  if (save)
+    for (size_t k = 0; k < 2 * sizes.size(); ++k) stats.push_back(torch::empty({B, 1, H, W}, x0.options()));
   auto wc = w.contiguous(), bc = b.contiguous();
   AT_DISPATCH_FLOATING_TYPES(x0.scalar_type(), "ln_multi", [&] {
     std::vector<const scalar_t*> sp;
     for (const auto& t : srcs) sp.push_back(t.data_ptr<scalar_t>());
-    std::vector<scalar_t*> op;
+    std::vector<scalar_t*> op, mp, rp;
     for (auto& t : outs) op.push_back(t.data_ptr<scalar_t>());
-    ln_multi_impl<scalar_t>(sp, src_c, seg, sizes, wc.data_ptr<scalar_t>(), bc.data_ptr<scalar_t>(), eps, B * H * W, op);
+    for (size_t k = 0; k < stats.size(); ++k) (k < sizes.size() ? mp : rp).push_back(stats[k].data_ptr<scalar_t>());
+    ln_multi_impl<scalar_t>(sp, src_c, seg, sizes, wc.data_ptr<scalar_t>(), bc.data_ptr<scalar_t>(), eps, B * H * W,
+                            op, mp, rp);
   });
+  outs.insert(outs.end(), stats.begin(), stats.end());
   return outs;
+}
+
+// The backward of ln_multi: every group's LayerNorm backward, the input gradient written straight into
+// dense per-source gradients (summed where a source channel feeds several groups, zero where it feeds
+// none); gw / gb per group channel, summed per row in T and per block of rows in double.
+template <typename T>
+void ln_multi_bwd_impl(const std::vector<const T*>& src, const std::vector<int64_t>& src_c,
+                       const std::vector<int64_t>& seg, const std::vector<int64_t>& sizes, const T* w,
+                       const std::vector<const T*>& mean, const std::vector<const T*>& rstd,
+                       const std::vector<const T*>& gy, int64_t B, int64_t H, int64_t W,
+                       const std::vector<T*>& gsrc, double* part_w, double* part_b) {
+  const int64_t nsrc = int64_t(src.size()), ngroups = int64_t(sizes.size());
+  std::vector<int64_t> base(nsrc + 1, 0), gbase(ngroups + 1, 0);
+  for (int64_t k = 0; k < nsrc; ++k) base[k + 1] = base[k] + src_c[k];
+  for (int64_t g = 0; g < ngroups; ++g) gbase[g + 1] = gbase[g] + sizes[g];
+  const int64_t ctot = gbase[ngroups];
+  std::vector<int64_t> rowmap;
+  for (size_t k = 0; k < seg.size(); k += 3)
+    for (int64_t c = 0; c < seg[k + 2]; ++c) rowmap.push_back(base[seg[k]] + seg[k + 1] + c);
+  const int64_t rows = B * H, nblocks = (rows + kRowsPerBlock - 1) / kRowsPerBlock;
+  at::parallel_for(0, nblocks, 1, [&](int64_t k0, int64_t k1) {
+    std::vector<T> xs(base[nsrc] * kTile), gs_(base[nsrc] * kTile), gt(ctot * kTile), xh(ctot * kTile);
+    std::vector<T> rw(ctot * kTile), rb(ctot * kTile);
+    T* __restrict xt = xs.data();
+    T* __restrict gx = gs_.data();
+    T* __restrict gtv = gt.data();
+    T* __restrict xhv = xh.data();
+    T* __restrict rwv = rw.data();
+    T* __restrict rbv = rb.data();
+    alignas(64) T a[kTile], bq[kTile], rs[kTile], mu[kTile];
+    for (int64_t k = k0; k < k1; ++k) {
+      double* pw = part_w + k * ctot;
+      double* pb = part_b + k * ctot;
+      std::fill(pw, pw + ctot, 0.0);
+      std::fill(pb, pb + ctot, 0.0);
+      const int64_t r1 = std::min(rows, (k + 1) * kRowsPerBlock);
+      for (int64_t r = k * kRowsPerBlock; r < r1; ++r) {
+        std::fill(rw.begin(), rw.end(), T(0));
+        std::fill(rb.begin(), rb.end(), T(0));
+        for (int64_t p0 = r * W; p0 < (r + 1) * W; p0 += kTile) {
+          const int64_t n = std::min(kTile, (r + 1) * W - p0);
+          for (int64_t s = 0; s < nsrc; ++s)
+            dispatch_c(src_c[s], [&](auto cc) {
+              tile_in<T, decltype(cc)::value>(src[s] + p0 * src_c[s], src_c[s], n, xt + base[s] * kTile);
+            });
+          for (int64_t g = 0; g < ngroups; ++g)
+            dispatch_c(sizes[g], [&](auto cc) {
+              tile_in<T, decltype(cc)::value>(gy[g] + p0 * sizes[g], sizes[g], n, gtv + gbase[g] * kTile);
+            });
+          std::fill(gs_.begin(), gs_.end(), T(0));
+          for (int64_t g = 0; g < ngroups; ++g) {
+            const int64_t g0 = gbase[g], gsz = sizes[g];
+            const T inv = T(1) / T(gsz);
+            for (int64_t i = 0; i < n; ++i) {
+              mu[i] = mean[g][p0 + i];
+              rs[i] = rstd[g][p0 + i];
+            }
+            for (int64_t i = n; i < kTile; ++i) mu[i] = rs[i] = T(0);
+#pragma omp simd
+            for (int64_t i = 0; i < kTile; ++i) a[i] = bq[i] = T(0);
+            for (int64_t c = g0; c < g0 + gsz; ++c) {
+              const T* __restrict xr = xt + rowmap[c] * kTile;
+              const T* __restrict gr = gtv + c * kTile;
+              T* __restrict hr = xhv + c * kTile;
+              T* __restrict wr = rwv + c * kTile;
+              T* __restrict br = rbv + c * kTile;
+              const T wc = w[c];
+#pragma omp simd
+              for (int64_t i = 0; i < kTile; ++i) {
+                const T v = (xr[i] - mu[i]) * rs[i];
+                hr[i] = v;
+                const T gg = gr[i] * wc;
+                a[i] += gg;
+                bq[i] += gg * v;
+                wr[i] += gr[i] * v;
+                br[i] += gr[i];
+              }
+            }
+#pragma omp simd
+            for (int64_t i = 0; i < kTile; ++i) {
+              a[i] *= inv;
+              bq[i] *= inv;
+            }
+            for (int64_t c = g0; c < g0 + gsz; ++c) {
+              T* __restrict dst = gx + rowmap[c] * kTile;
+              const T* __restrict gr = gtv + c * kTile;
+              const T* __restrict hr = xhv + c * kTile;
+              const T wc = w[c];
+#pragma omp simd
+              for (int64_t i = 0; i < kTile; ++i) dst[i] += (gr[i] * wc - a[i] - hr[i] * bq[i]) * rs[i];
+            }
+          }
+          for (int64_t s = 0; s < nsrc; ++s)
+            dispatch_c(src_c[s], [&](auto cc) {
+              tile_out<T, decltype(cc)::value>(gx + base[s] * kTile, src_c[s], n, gsrc[s] + p0 * src_c[s]);
+            });
+        }
+        for (int64_t c = 0; c < ctot; ++c) {
+          T sw = 0, sb = 0;
+          for (int64_t i = 0; i < kTile; ++i) {
+            sw += rwv[c * kTile + i];
+            sb += rbv[c * kTile + i];
+          }
+          pw[c] += double(sw);
+          pb[c] += double(sb);
+        }
+      }
+    }
+  });
+}
+
+// returns the per-source input gradients, then gw and gb
+std::vector<torch::Tensor> ln_multi_backward(const std::vector<torch::Tensor>& srcs, const std::vector<int64_t>& seg,
+                                             const std::vector<int64_t>& sizes, const torch::Tensor& w,
+                                             const std::vector<torch::Tensor>& means,
+                                             const std::vector<torch::Tensor>& rstds,
+                                             const std::vector<torch::Tensor>& gys) {
+  const auto src_c = check_multi(srcs, seg, sizes, w, w);
+  TORCH_CHECK(means.size() == sizes.size() && rstds.size() == sizes.size() && gys.size() == sizes.size(),
+              "ln_multi_backward: one mean, rstd and gradient per group");
+  const auto& x0 = srcs[0];
+  const int64_t B = x0.size(0), H = x0.size(2), W = x0.size(3);
+  for (size_t g = 0; g < gys.size(); ++g) {
+    check_cl(gys[g], "ln_multi_backward gradient");
+    TORCH_CHECK(gys[g].size(1) == sizes[g], "ln_multi_backward: gradient ", g, " has the wrong channel count");
+  }
+  std::vector<torch::Tensor> gsrc;
+  for (const auto& t : srcs) gsrc.push_back(torch::empty_like(t, at::MemoryFormat::ChannelsLast));
+  int64_t ctot = 0;
+  for (auto g : sizes) ctot += g;
+  const int64_t nblocks = (B * H + kRowsPerBlock - 1) / kRowsPerBlock;
+  auto dopts = x0.options().dtype(torch::kFloat64);
+  auto part_w = torch::empty({nblocks, ctot}, dopts), part_b = torch::empty({nblocks, ctot}, dopts);
+  auto wc = w.contiguous();
+  std::vector<torch::Tensor> mc, rc;
+  for (size_t g = 0; g < sizes.size(); ++g) {
+    mc.push_back(means[g].contiguous());
+    rc.push_back(rstds[g].contiguous());
+  }
+  AT_DISPATCH_FLOATING_TYPES(x0.scalar_type(), "ln_multi_backward", [&] {
+    std::vector<const scalar_t*> sp, mp, rp, gp;
+    for (const auto& t : srcs) sp.push_back(t.data_ptr<scalar_t>());
+    for (size_t g = 0; g < sizes.size(); ++g) {
+      mp.push_back(mc[g].data_ptr<scalar_t>());
+      rp.push_back(rc[g].data_ptr<scalar_t>());
+      gp.push_back(gys[g].data_ptr<scalar_t>());
+    }
+    std::vector<scalar_t*> op;
+    for (auto& t : gsrc) op.push_back(t.data_ptr<scalar_t>());
+    ln_multi_bwd_impl<scalar_t>(sp, src_c, seg, sizes, wc.data_ptr<scalar_t>(), mp, rp, gp, B, H, W, op,
+                                part_w.data_ptr<double>(), part_b.data_ptr<double>());
+  });
+  gsrc.push_back(part_w.sum(0).to(x0.scalar_type()));
+  gsrc.push_back(part_b.sum(0).to(x0.scalar_type()));
+  return gsrc;
 }
 
 // -------------------------------------------------------------------- depth-wise weight gradient
@@ -855,6 +1030,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("ln_forward", &ln_forward, "channels LayerNorm of a channels-last map (y[, mean, rstd])", py::call_guard<py::gil_scoped_release>());
   m.def("ln_backward", &ln_backward, "its backward (gx, gw, gb)", py::call_guard<py::gil_scoped_release>());
   m.def("ln_multi", &ln_multi, "LayerNorm groups over a virtual concatenation of channel ranges (forward only)",
+        py::call_guard<py::gil_scoped_release>());
+  m.def("ln_multi_backward", &ln_multi_backward, "its backward (per-source gradients, gw, gb)",
         py::call_guard<py::gil_scoped_release>());
   m.def("dw_weight_grad", &dw_weight_grad, "weight gradient of a depth-wise 'same' conv", py::call_guard<py::gil_scoped_release>());
   m.def("gn_stats", &gn_stats, "GroupNorm two-pass statistics (mean, rstd), B x G", py::call_guard<py::gil_scoped_release>());
