@@ -895,34 +895,48 @@ std::vector<torch::Tensor> gn_pool_forward(const torch::Tensor& x, const torch::
 template <typename T, int CC>
 void gn_pool_bwd_impl(const T* gp, const T* x, const T* mean, const T* idx, const T* c1, const T* c2,
                       const T* c3, int64_t B, int64_t Crt, int64_t H, int64_t W, T* gx) {
+  // two passes per pair of rows: the dense affine part c2 + c3 (x - mean) over contiguous spans of
+  // kSpan pixels (coefficients replicated along the span, so the loop vectorises whatever C is), then
+  // c1 * gp added at each window's arg-max (a quarter of the positions)
   const int64_t C = CC > 0 ? CC : Crt;
-  const int64_t Ho = H / 2, Wo = W / 2;
+  const int64_t Ho = H / 2, Wo = W / 2, L = kSpan * C;
   at::parallel_for(0, B * Ho, 16, [&](int64_t q0, int64_t q1) {
+    std::vector<T> rep(3 * L);
+    T* __restrict r2 = rep.data();
+    T* __restrict r3 = r2 + L;
+    T* __restrict rm = r3 + L;
+    int64_t last_b = -1;
     for (int64_t q = q0; q < q1; ++q) {
       const int64_t b = q / Ho, ho = q % Ho, o = b * C;
+      if (b != last_b) {
+        for (int64_t t = 0; t < L; ++t) {
+          r2[t] = c2[o + t % C];
+          r3[t] = c3[o + t % C];
+          rm[t] = mean[o + t % C];
+        }
+        last_b = b;
+      }
       for (int64_t dh = 0; dh < 2; ++dh) {
         const int64_t h = 2 * ho + dh;
-        const T* xr = x + ((b * H + h) * W) * C;
-        T* gr = gx + ((b * H + h) * W) * C;
-        for (int64_t w = 0; w < W; ++w) {
-          const int64_t wo = w / 2;
-          const T pos = T(dh * 2 + (w & 1));
-          const int64_t po = (q * Wo + wo) * C;
-          const T* __restrict iv = idx + po;
-          const T* __restrict gv = gp + po;
-          const T* __restrict xv = xr + w * C;
-          const T* __restrict a1 = c1 + o;
-          const T* __restrict a2 = c2 + o;
-          const T* __restrict a3 = c3 + o;
-          const T* __restrict mv = mean + o;
-          T* __restrict out = gr + w * C;
+        const T* __restrict xr = x + ((b * H + h) * W) * C;
+        T* __restrict gr = gx + ((b * H + h) * W) * C;
+        int64_t w0 = 0;
+        for (; w0 + kSpan <= W; w0 += kSpan) {
+          const T* __restrict xs = xr + w0 * C;
+          T* __restrict gs = gr + w0 * C;
 #pragma omp simd
-          for (int64_t c = 0; c < C; ++c) {
-            const T hit = iv[c] == pos ? a1[c] * gv[c] : T(0);  // a select, not a branch
-            out[c] = a2[c] + a3[c] * (xv[c] - mv[c]) + hit;
-          }
+          for (int64_t t = 0; t < L; ++t) gs[t] = r2[t] + r3[t] * (xs[t] - rm[t]);
         }
+        for (int64_t t = w0 * C; t < W * C; ++t) gr[t] = r2[t % C] + r3[t % C] * (xr[t] - rm[t % C]);
       }
+      const T* __restrict iv = idx + q * Wo * C;
+      const T* __restrict gv = gp + q * Wo * C;
+      for (int64_t wo = 0; wo < Wo; ++wo)
+        for (int64_t c = 0; c < C; ++c) {
+          const int pos = int(iv[wo * C + c]);
+          const int64_t h = 2 * ho + (pos >> 1), w = 2 * wo + (pos & 1);
+          gx[((b * H + h) * W + w) * C + c] += c1[o + c] * gv[wo * C + c];
+        }
     }
   });
 }
