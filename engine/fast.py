@@ -708,11 +708,14 @@ def _gab_ln_multi(mod: GAB, xh: Tensor, xl: Tensor, mask: Tensor | None) -> Tens
     outs = [conv(getattr(mod, f"g{j}")[1], z).contiguous(memory_format=CL) for j, z in enumerate(groups)]
     sizes = [o.shape[1] for o in outs]
     tseg = [v for k, c in enumerate(sizes) for v in (k, 0, c)]
+    proj = mod.tail_conv[1]
     if grad:
         t = _LayerNormMulti.apply(tseg, [sum(sizes)], tail.eps, tail.weight, tail.bias, *outs)[0]
-    else:
-        t = ext.ln_multi(outs, tseg, [sum(sizes)], tail.weight, tail.bias, tail.eps, False)[0]
-    return conv(mod.tail_conv[1], t)
+        return conv(proj, t)
+    if (isinstance(proj, nn.Conv2d) and proj.kernel_size == (1, 1) and proj.groups == 1 and proj.stride == (1, 1)
+            and proj.padding == (0, 0) and proj.weight.dtype == xl.dtype):  # LN and the 1x1 conv in one pass
+        return ext.ln_multi_proj(outs, tseg, tail.weight, tail.bias, tail.eps, proj.weight, proj.bias)
+    return conv(proj, ext.ln_multi(outs, tseg, [sum(sizes)], tail.weight, tail.bias, tail.eps, False)[0])
 
 
 def gab_forward(mod: GAB, xh: Tensor, xl: Tensor, mask: Tensor | None) -> Tensor:

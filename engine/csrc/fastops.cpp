@@ -260,7 +260,7 @@ template <typename T>
 void ln_multi_impl(const std::vector<const T*>& src, const std::vector<int64_t>& src_c,
                    const std::vector<int64_t>& seg, const std::vector<int64_t>& sizes, const T* w, const T* b,
                    double eps, int64_t P, const std::vector<T*>& out, const std::vector<T*>& smean,
-                   const std::vector<T*>& srstd) {
+                   const std::vector<T*>& srstd, const T* pw = nullptr, const T* pb = nullptr, int64_t pout = 0) {
   // every source is transposed whole into its rows of the scratch; the groups then read their
   // channels through a row map (virtual concatenation order -> scratch row)
   const int64_t nsrc = int64_t(src.size()), ngroups = int64_t(sizes.size());
@@ -273,7 +273,7 @@ void ln_multi_impl(const std::vector<const T*>& src, const std::vector<int64_t>&
   for (auto g : sizes) gmax = std::max(gmax, g);
   const int64_t ntiles = (P + kTile - 1) / kTile;
   at::parallel_for(0, ntiles, 16, [&](int64_t t0, int64_t t1) {
-    std::vector<T> scratch(base[nsrc] * kTile), ot(gmax * kTile);
+    std::vector<T> scratch(base[nsrc] * kTile), ot(gmax * kTile), pt(pout * kTile);
     T* __restrict xt = scratch.data();
     T* __restrict o = ot.data();
     alignas(64) T m[kTile], r[kTile];
@@ -312,7 +312,24 @@ void ln_multi_impl(const std::vector<const T*>& src, const std::vector<int64_t>&
 #pragma omp simd
           for (int64_t i = 0; i < kTile; ++i) o[c * kTile + i] = (row[i] - m[i]) * r[i] * wc + bc;
         }
-        dispatch_c(gs, [&](auto cc) { tile_out<T, decltype(cc)::value>(o, gs, n, out[gi] + p0 * gs); });
+        if (pw != nullptr) {  // a 1x1 conv (pout x gs weights) on the normalised tile, written instead of it
+          T* __restrict q = pt.data();
+          for (int64_t oc = 0; oc < pout; ++oc) {
+            T* __restrict qr = q + oc * kTile;
+            const T bias = pb != nullptr ? pb[oc] : T(0);
+#pragma omp simd
+            for (int64_t i = 0; i < kTile; ++i) qr[i] = bias;
+            for (int64_t c = 0; c < gs; ++c) {
+              const T wv = pw[oc * gs + c];
+              const T* __restrict orow = o + c * kTile;
+#pragma omp simd
+              for (int64_t i = 0; i < kTile; ++i) qr[i] += wv * orow[i];
+            }
+          }
+          dispatch_c(pout, [&](auto cc) { tile_out<T, decltype(cc)::value>(q, pout, n, out[gi] + p0 * pout); });
+        } else {
+          dispatch_c(gs, [&](auto cc) { tile_out<T, decltype(cc)::value>(o, gs, n, out[gi] + p0 * gs); });
+        }
         if (!smean.empty())
           for (int64_t i = 0; i < n; ++i) {
             smean[gi][p0 + i] = m[i];
@@ -371,6 +388,32 @@ std::vector<torch::Tensor> ln_multi(const std::vector<torch::Tensor>& srcs, cons
   });
   outs.insert(outs.end(), stats.begin(), stats.end());
   return outs;
+}
+
+// One LayerNorm group over the virtual concatenation, then a 1x1 conv (pw: Cout x C [x 1 x 1], pb: Cout
+// or undefined) applied per pixel before anything is written: GAB's tail (LN + conv) at inference.
+torch::Tensor ln_multi_proj(const std::vector<torch::Tensor>& srcs, const std::vector<int64_t>& seg,
+                            const torch::Tensor& w, const torch::Tensor& b, double eps, const torch::Tensor& pw,
+                            const c10::optional<torch::Tensor>& pb) {
+  const int64_t ctot = w.numel();
+  const auto src_c = check_multi(srcs, seg, {ctot}, w, b);
+  const int64_t cout = pw.size(0);
+  TORCH_CHECK(pw.numel() == cout * ctot, "ln_multi_proj: projection weight must be Cout x ", ctot);
+  TORCH_CHECK(!pb.has_value() || pb->numel() == cout, "ln_multi_proj: projection bias must have ", cout, " values");
+  const auto& x0 = srcs[0];
+  const int64_t B = x0.size(0), H = x0.size(2), W = x0.size(3);
+  auto out = torch::empty({B, cout, H, W}, x0.options().memory_format(at::MemoryFormat::ChannelsLast));
+  auto wc = w.contiguous(), bc = b.contiguous(), pwc = pw.contiguous();
+  torch::Tensor pbc = pb.has_value() ? pb->contiguous() : torch::Tensor();
+  AT_DISPATCH_FLOATING_TYPES(x0.scalar_type(), "ln_multi_proj", [&] {
+    std::vector<const scalar_t*> sp;
+    for (const auto& t : srcs) sp.push_back(t.data_ptr<scalar_t>());
+    std::vector<scalar_t*> op{out.data_ptr<scalar_t>()};
+    ln_multi_impl<scalar_t>(sp, src_c, seg, {ctot}, wc.data_ptr<scalar_t>(), bc.data_ptr<scalar_t>(), eps, B * H * W,
+                            op, {}, {}, pwc.data_ptr<scalar_t>(), pb.has_value() ? pbc.data_ptr<scalar_t>() : nullptr,
+                            cout);
+  });
+  return out;
 }
 
 // The backward of ln_multi: every group's LayerNorm backward, the input gradient written straight into
@@ -1044,6 +1087,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("ln_forward", &ln_forward, "channels LayerNorm of a channels-last map (y[, mean, rstd])", py::call_guard<py::gil_scoped_release>());
   m.def("ln_backward", &ln_backward, "its backward (gx, gw, gb)", py::call_guard<py::gil_scoped_release>());
   m.def("ln_multi", &ln_multi, "LayerNorm groups over a virtual concatenation of channel ranges (forward only)",
+        py::call_guard<py::gil_scoped_release>());
+  m.def("ln_multi_proj", &ln_multi_proj, "one ln_multi group followed by a 1x1 conv (forward only)",
         py::call_guard<py::gil_scoped_release>());
   m.def("ln_multi_backward", &ln_multi_backward, "its backward (per-source gradients, gw, gb)",
         py::call_guard<py::gil_scoped_release>());
