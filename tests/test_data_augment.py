@@ -131,3 +131,21 @@ def test_normalise_is_bit_identical_to_the_plain_expression():
     f = torch.from_numpy(g.random((3, 32, 32, 3)).astype(np.float32) * 300 - 20)
     assert torch.equal(normalise(f), plain(f))
     assert normalise(a).is_contiguous()
+
+
+def test_per_image_flips_equal_the_batched_formulation():
+    """augment_batch flips image by image (fast); the numbers are those of the batched index/flip form."""
+    import numpy as np
+
+    for seed in range(4):
+        rng = np.random.default_rng(seed)
+        x = normalise(rng.integers(0, 255, (8, 32, 24, 3), dtype=np.uint8))
+        y = torch.from_numpy(rng.integers(0, 2, (8, 32, 24), dtype=np.uint8))
+        got_x, got_y = augment_batch(x, y, torch.Generator().manual_seed(seed), p_rotate=0.0)
+        u = torch.rand(4, 8, generator=torch.Generator().manual_seed(seed))  # the draws augment_batch makes
+        z = torch.cat([x, y.unsqueeze(1).float()], dim=1)
+        for flag, dim in ((u[0] < 0.5, -1), (u[1] < 0.5, -2)):
+            idx = flag.nonzero().flatten()
+            if idx.numel():
+                z[idx] = z[idx].flip(dim)
+        assert torch.equal(got_x, z[:, :3]) and torch.equal(got_y, z[:, 3].round().to(torch.uint8))

@@ -125,10 +125,10 @@ def augment_batch(images: torch.Tensor, masks: torch.Tensor, generator: torch.Ge
     c = images.shape[1]
     # image and mask channels travel together (one copy, one set of flips and one grid_sample)
     z = torch.cat([images.to(work), m.to(device=dev, dtype=work)], dim=1)
-    for flag, dim in ((hflip, -1), (vflip, -2)):
-        idx = flag.nonzero().flatten()
-        if idx.numel():
-            z[idx] = z[idx].flip(dim)
+    # flips per image, both axes in one copy where both are drawn (exact: flips only move values)
+    for i, (fh, fv) in enumerate(zip(hflip.tolist(), vflip.tolist())):
+        if fh or fv:
+            z[i] = z[i].flip((-2, -1) if fh and fv else (-1,) if fh else (-2,))
     idx = rot.nonzero().flatten()
     if idx.numel():
         if image_mode == "nearest":
