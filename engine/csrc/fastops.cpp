@@ -20,6 +20,7 @@
 namespace {
 
 constexpr int64_t kRowsPerBlock = 16;  // rows (b, h) per reduction block
+constexpr int64_t kSpan = 16;          // pixels per replicated-coefficient span (see channel_sums)
 
 void check_cl(const torch::Tensor& t, const char* name) {
   TORCH_CHECK(t.dim() == 4, name, " must be 4-D (B x C x H x W), got ", t.dim(), "-D");
@@ -571,6 +572,76 @@ std::vector<torch::Tensor> ln_multi_backward(const std::vector<torch::Tensor>& s
   return gsrc;
 }
 
+// -------------------------------------------------------------------------- depth-wise conv
+// y = depth-wise k x k conv of x (stride 1, dilation d, zero 'same' padding d * (k / 2)) [+ bias].
+// Each output row is built from k * k contiguous multiply-adds over row spans (the tap weights are
+// replicated along a kSpan-pixel pattern, so the loops vectorise whatever C is). With the weights
+// flipped it is also the conv's input gradient.
+template <typename T, int CC>
+void dw_conv_impl(const T* x, const T* w, const T* bias, int64_t B, int64_t Crt, int64_t H, int64_t W, int64_t k,
+                  int64_t d, T* y) {
+  const int64_t C = CC > 0 ? CC : Crt;
+  const int64_t L = kSpan * C, WC = W * C, r = k / 2, kk = k * k;
+  std::vector<T> wrep(kk * L), brep(L, T(0));
+  for (int64_t tap = 0; tap < kk; ++tap)
+    for (int64_t t = 0; t < L; ++t) wrep[tap * L + t] = w[(t % C) * kk + tap];
+  if (bias != nullptr)
+    for (int64_t t = 0; t < L; ++t) brep[t] = bias[t % C];
+  at::parallel_for(0, B * H, 4, [&](int64_t q0, int64_t q1) {
+    for (int64_t q = q0; q < q1; ++q) {
+      const int64_t b = q / H, h = q % H;
+      T* __restrict out = y + q * WC;
+      {
+        const T* __restrict br = brep.data();
+        int64_t s = 0;
+        for (; s < WC; s += L) {  // s is a multiple of L, so the pattern index is u
+          const int64_t m = std::min(L, WC - s);
+#pragma omp simd
+          for (int64_t u = 0; u < m; ++u) out[s + u] = br[u];
+        }
+      }
+      for (int64_t i = 0; i < k; ++i) {
+        const int64_t hh = h + d * (i - r);
+        if (hh < 0 || hh >= H) continue;
+        const T* __restrict in = x + (b * H + hh) * WC;
+        for (int64_t j = 0; j < k; ++j) {
+          const int64_t dj = d * (j - r);
+          const int64_t w0 = std::max<int64_t>(0, -dj), w1 = std::min<int64_t>(W, W - dj);
+          if (w1 <= w0) continue;
+          const T* __restrict wr = wrep.data() + (i * k + j) * L;
+          T* __restrict o = out + w0 * C;
+          const T* __restrict src = in + (w0 + dj) * C;
+          const int64_t n = (w1 - w0) * C;
+          for (int64_t s = 0; s < n; s += L) {
+            const int64_t m = std::min(L, n - s);
+#pragma omp simd
+            for (int64_t u = 0; u < m; ++u) o[s + u] += wr[u] * src[s + u];
+          }
+        }
+      }
+    }
+  });
+}
+
+torch::Tensor dw_conv(const torch::Tensor& x, const torch::Tensor& w, const c10::optional<torch::Tensor>& bias,
+                      int64_t d) {
+  check_cl(x, "x");
+  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), k = w.size(-1);
+  TORCH_CHECK(w.numel() == C * k * k && k % 2 == 1, "dw_conv: weight must be C x 1 x k x k with odd k");
+  TORCH_CHECK(!bias.has_value() || bias->numel() == C, "dw_conv: bias must have C values");
+  auto y = torch::empty_like(x, at::MemoryFormat::ChannelsLast);
+  auto wc = w.contiguous();
+  torch::Tensor bc = bias.has_value() ? bias->contiguous() : torch::Tensor();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dw_conv", [&] {
+    dispatch_c(C, [&](auto cc) {
+      dw_conv_impl<scalar_t, decltype(cc)::value>(x.data_ptr<scalar_t>(), wc.data_ptr<scalar_t>(),
+                                                  bias.has_value() ? bc.data_ptr<scalar_t>() : nullptr, B, C, H, W, k,
+                                                  d, y.data_ptr<scalar_t>());
+    });
+  });
+  return y;
+}
+
 // -------------------------------------------------------------------- depth-wise weight gradient
 // gw[c, i, j] = sum_{b, h, w} gy[b, c, h, w] * x[b, c, h + d (i - k/2), w + d (j - k/2)] (zero outside).
 template <typename T>
@@ -636,7 +707,6 @@ torch::Tensor dw_weight_grad(const torch::Tensor& x, const torch::Tensor& gy, in
 // kSpan at a time as one vector of kSpan * C values (position t holds channel t % C), so the inner loop
 // vectorises whatever C is; each span vector is folded into per-channel double sums every 256 pixels.
 // f(t, xv) gives the value to sum at span position t for input value xv.
-constexpr int64_t kSpan = 16;
 
 template <typename T, typename F>
 void channel_sums(const T* x, int64_t n, int64_t C, double* out, std::vector<T>& acc, F f) {
@@ -1091,6 +1161,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("ln_multi_proj", &ln_multi_proj, "one ln_multi group followed by a 1x1 conv (forward only)",
         py::call_guard<py::gil_scoped_release>());
   m.def("ln_multi_backward", &ln_multi_backward, "its backward (per-source gradients, gw, gb)",
+        py::call_guard<py::gil_scoped_release>());
+  m.def("dw_conv", &dw_conv, "depth-wise 'same' conv of a channels-last map (odd k, dilation d)",
         py::call_guard<py::gil_scoped_release>());
   m.def("dw_weight_grad", &dw_weight_grad, "weight gradient of a depth-wise 'same' conv", py::call_guard<py::gil_scoped_release>());
   m.def("gn_stats", &gn_stats, "GroupNorm two-pass statistics (mean, rstd), B x G", py::call_guard<py::gil_scoped_release>());
