@@ -84,10 +84,30 @@ def _kernels(*ts: Tensor) -> Any:
     return _fastops.ops()
 
 
+class _UpBilinear(torch.autograd.Function):
+    """Bilinear (align_corners=True) resize by the fused kernels: ATen's source positions and
+    weights; the backward is a separable gather instead of ATen's scatter (2-7x faster here)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, size: tuple[int, int]) -> Tensor:  # type: ignore[override]
+        ctx.in_size = (x.shape[2], x.shape[3])
+        return _fastops.ops().up_forward(x, size[0], size[1])
+
+    @staticmethod
+    def backward(ctx: Any, gy: Tensor):  # type: ignore[override]
+        return _fastops.ops().up_backward(gy.contiguous(memory_format=CL), *ctx.in_size), None
+
+
 def _up(x: Tensor, size: tuple[int, int] | None = None, scale: int | None = None) -> Tensor:
-    if size is not None:
-        return F.interpolate(x, size=size, mode="bilinear", align_corners=True)
-    return F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=True)
+    """``F.interpolate(x, size or scale, mode="bilinear", align_corners=True)``."""
+    if size is None:
+        size = (int(x.shape[2] * scale), int(x.shape[3] * scale))
+    ext = _kernels(x)
+    if ext is not None:
+        if torch.is_grad_enabled() and x.requires_grad:
+            return _UpBilinear.apply(x, tuple(size))
+        return ext.up_forward(x, size[0], size[1])
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=True)
 
 
 def _dw_weight_grad(x: Tensor, gy: Tensor, k: int, d: int) -> Tensor:

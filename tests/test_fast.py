@@ -495,3 +495,39 @@ def test_fused_kernels_reject_bad_layouts_with_a_message():
     with pytest.raises(RuntimeError, match="even sides"):
         ext.gn_pool_forward(torch.randn(1, 4, 5, 6).contiguous(memory_format=CL), torch.zeros(1, 4),
                             torch.ones(1, 4), torch.zeros(4), False)
+
+
+@pytest.mark.parametrize("c,h,w,ho,wo", [(1, 8, 8, 16, 16), (8, 16, 12, 32, 24), (24, 5, 7, 10, 14), (2, 1, 4, 3, 8)])
+def test_fused_bilinear_resize_float64(c, h, w, ho, wo):
+    """The fused align_corners=True resize (one channel and many; odd and non-x2 sizes) against ATen."""
+    ext = _fastops.ops()
+    if ext is None:
+        pytest.skip("the fused kernels are not built here")
+    g = torch.Generator().manual_seed(40 + c)
+    x = torch.randn(2, c, h, w, generator=g, dtype=torch.float64).contiguous(memory_format=CL).requires_grad_()
+    ref = F.interpolate(x, size=(ho, wo), mode="bilinear", align_corners=True)
+    gy = torch.randn(ref.shape, generator=g, dtype=torch.float64).contiguous(memory_format=CL)
+    (gref,) = torch.autograd.grad(ref, x, gy)
+    assert torch.allclose(ext.up_forward(x.detach(), ho, wo), ref, atol=1e-13)
+    assert torch.allclose(ext.up_backward(gy, h, w), gref, atol=1e-12)
+    x2 = x.detach().clone().requires_grad_()
+    y2 = fast._up(x2, size=(ho, wo))
+    assert "UpBilinear" in type(y2.grad_fn).__name__
+    (g2,) = torch.autograd.grad(y2, x2, gy)
+    assert torch.allclose(g2, gref, atol=1e-12)
+
+
+@pytest.mark.parametrize("c,k,d", [(5, 3, 1), (5, 3, 7), (9, 3, 5), (11, 3, 2), (3, 5, 1), (64, 3, 1)])
+def test_fused_depthwise_conv_float64(c, k, d):
+    """The fused depth-wise 'same' conv (compile-time and any-width channel loops) against F.conv2d."""
+    ext = _fastops.ops()
+    if ext is None:
+        pytest.skip("the fused kernels are not built here")
+    g = torch.Generator().manual_seed(50 + c + d)
+    x = torch.randn(2, c, 9, 13, generator=g, dtype=torch.float64).contiguous(memory_format=CL)
+    w = torch.randn(c, 1, k, k, generator=g, dtype=torch.float64)
+    b = torch.randn(c, generator=g, dtype=torch.float64)
+    pad = d * (k // 2)
+    assert torch.allclose(ext.dw_conv(x, w, b, d), F.conv2d(x, w, b, padding=pad, dilation=d, groups=c), atol=1e-12)
+    assert torch.allclose(ext.dw_conv(x, w, None, d), F.conv2d(x, w, None, padding=pad, dilation=d, groups=c),
+                          atol=1e-12)

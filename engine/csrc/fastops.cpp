@@ -10,6 +10,7 @@
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
+#include <ATen/OpMathType.h>
 
 #include <algorithm>
 #include <cmath>
@@ -642,6 +643,143 @@ torch::Tensor dw_conv(const torch::Tensor& x, const torch::Tensor& w, const c10:
   return y;
 }
 
+// ------------------------------------------------------------------ bilinear up-sampling
+// Bilinear resize with align_corners=True of a channels-last map, source positions computed as ATen
+// does (opmath scale = (in - 1) / (out - 1), src = scale * o, i0 = floor, i1 = i0 + (i0 < in - 1)).
+struct Taps {
+  std::vector<int64_t> i0, i1;
+  std::vector<double> l0, l1;
+};
+
+template <typename T>
+Taps make_taps(int64_t n_in, int64_t n_out) {
+  using opmath = at::opmath_type<T>;
+  Taps t;
+  const opmath scale = n_out > 1 ? opmath(n_in - 1) / opmath(n_out - 1) : opmath(0);
+  for (int64_t o = 0; o < n_out; ++o) {
+    const opmath src = scale * opmath(o);
+    const int64_t i0 = std::min<int64_t>(int64_t(src), n_in - 1);
+    const opmath lam = std::min(std::max(src - opmath(i0), opmath(0)), opmath(1));
+    t.i0.push_back(i0);
+    t.i1.push_back(i0 < n_in - 1 ? i0 + 1 : i0);
+    t.l0.push_back(double(opmath(1) - lam));
+    t.l1.push_back(double(lam));
+  }
+  return t;
+}
+
+template <typename T>
+void up_fwd_impl(const T* x, int64_t B, int64_t C, int64_t H, int64_t W, int64_t Ho, int64_t Wo, T* y) {
+  const Taps th = make_taps<T>(H, Ho), tw = make_taps<T>(W, Wo);
+  at::parallel_for(0, B * Ho, 4, [&](int64_t q0, int64_t q1) {
+    for (int64_t q = q0; q < q1; ++q) {
+      const int64_t b = q / Ho, oh = q % Ho;
+      const T* __restrict r0 = x + (b * H + th.i0[oh]) * W * C;
+      const T* __restrict r1 = x + (b * H + th.i1[oh]) * W * C;
+      const T h0 = T(th.l0[oh]), h1 = T(th.l1[oh]);
+      T* __restrict out = y + q * Wo * C;
+      for (int64_t ow = 0; ow < Wo; ++ow) {
+        const int64_t a = tw.i0[ow] * C, e = tw.i1[ow] * C;
+        const T w0 = T(tw.l0[ow]), w1 = T(tw.l1[ow]);
+        T* __restrict o = out + ow * C;
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c)
+          o[c] = h0 * (w0 * r0[a + c] + w1 * r0[e + c]) + h1 * (w0 * r1[a + c] + w1 * r1[e + c]);
+      }
+    }
+  });
+}
+
+// The backward as a gather (each input position sums the outputs that read it), separable: first
+// along W into a B x Ho x W x C buffer, then along H; no scatter, no zero-filled accumulation buffer.
+template <typename T>
+void up_bwd_impl(const T* gy, int64_t B, int64_t C, int64_t H, int64_t W, int64_t Ho, int64_t Wo, T* tmp, T* gx) {
+  const Taps th = make_taps<T>(H, Ho), tw = make_taps<T>(W, Wo);
+  // inverse maps (CSR): for input index i, the outputs that read it and their weights, in output order
+  struct Inv {
+    std::vector<int64_t> start, out;
+    std::vector<T> coef;
+  };
+  auto invert = [](const Taps& t, int64_t n_in) {
+    std::vector<std::vector<std::pair<int64_t, double>>> lists(n_in);
+    for (size_t o = 0; o < t.i0.size(); ++o) {
+      lists[t.i0[o]].push_back({int64_t(o), t.l0[o]});
+      lists[t.i1[o]].push_back({int64_t(o), t.l1[o]});
+    }
+    Inv inv;
+    inv.start.push_back(0);
+    for (const auto& l : lists) {
+      for (const auto& pr : l) {
+        inv.out.push_back(pr.first);
+        inv.coef.push_back(T(pr.second));
+      }
+      inv.start.push_back(int64_t(inv.out.size()));
+    }
+    return inv;
+  };
+  const Inv ih = invert(th, H), iw = invert(tw, W);
+  at::parallel_for(0, B * Ho, 4, [&](int64_t q0, int64_t q1) {
+    for (int64_t q = q0; q < q1; ++q) {
+      const T* __restrict g = gy + q * Wo * C;
+      T* __restrict t = tmp + q * W * C;
+      if (C == 1) {  // one channel: a plain gather per position
+        for (int64_t w = 0; w < W; ++w) {
+          T acc = 0;
+          for (int64_t k = iw.start[w]; k < iw.start[w + 1]; ++k) acc += iw.coef[k] * g[iw.out[k]];
+          t[w] = acc;
+        }
+        continue;
+      }
+      for (int64_t w = 0; w < W; ++w) {
+        T* __restrict o = t + w * C;
+        for (int64_t c = 0; c < C; ++c) o[c] = T(0);
+        for (int64_t k = iw.start[w]; k < iw.start[w + 1]; ++k) {
+          const T cw = iw.coef[k];
+          const T* __restrict src = g + iw.out[k] * C;
+#pragma omp simd
+          for (int64_t c = 0; c < C; ++c) o[c] += cw * src[c];
+        }
+      }
+    }
+  });
+  const int64_t WC = W * C;
+  at::parallel_for(0, B * H, 4, [&](int64_t q0, int64_t q1) {
+    for (int64_t q = q0; q < q1; ++q) {
+      const int64_t b = q / H, h = q % H;
+      T* __restrict o = gx + q * WC;
+      for (int64_t u = 0; u < WC; ++u) o[u] = T(0);
+      for (int64_t k = ih.start[h]; k < ih.start[h + 1]; ++k) {
+        const T ch = ih.coef[k];
+        const T* __restrict src = tmp + (b * Ho + ih.out[k]) * WC;
+#pragma omp simd
+        for (int64_t u = 0; u < WC; ++u) o[u] += ch * src[u];
+      }
+    }
+  });
+}
+
+torch::Tensor up_forward(const torch::Tensor& x, int64_t Ho, int64_t Wo) {
+  check_cl(x, "x");
+  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  auto y = torch::empty({B, C, Ho, Wo}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "up_forward", [&] {
+    up_fwd_impl<scalar_t>(x.data_ptr<scalar_t>(), B, C, H, W, Ho, Wo, y.data_ptr<scalar_t>());
+  });
+  return y;
+}
+
+torch::Tensor up_backward(const torch::Tensor& gy, int64_t H, int64_t W) {
+  check_cl(gy, "gy");
+  const int64_t B = gy.size(0), C = gy.size(1), Ho = gy.size(2), Wo = gy.size(3);
+  auto gx = torch::empty({B, C, H, W}, gy.options().memory_format(at::MemoryFormat::ChannelsLast));
+  auto tmp = torch::empty({B, Ho, W, C}, gy.options());
+  AT_DISPATCH_FLOATING_TYPES(gy.scalar_type(), "up_backward", [&] {
+    up_bwd_impl<scalar_t>(gy.data_ptr<scalar_t>(), B, C, H, W, Ho, Wo, tmp.data_ptr<scalar_t>(),
+                          gx.data_ptr<scalar_t>());
+  });
+  return gx;
+}
+
 // -------------------------------------------------------------------- depth-wise weight gradient
 // gw[c, i, j] = sum_{b, h, w} gy[b, c, h, w] * x[b, c, h + d (i - k/2), w + d (j - k/2)] (zero outside).
 template <typename T>
@@ -1163,6 +1301,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("ln_multi_backward", &ln_multi_backward, "its backward (per-source gradients, gw, gb)",
         py::call_guard<py::gil_scoped_release>());
   m.def("dw_conv", &dw_conv, "depth-wise 'same' conv of a channels-last map (odd k, dilation d)",
+        py::call_guard<py::gil_scoped_release>());
+  m.def("up_forward", &up_forward, "bilinear align_corners=True resize of a channels-last map",
+        py::call_guard<py::gil_scoped_release>());
+  m.def("up_backward", &up_backward, "its backward, as a separable gather",
         py::call_guard<py::gil_scoped_release>());
   m.def("dw_weight_grad", &dw_weight_grad, "weight gradient of a depth-wise 'same' conv", py::call_guard<py::gil_scoped_release>());
   m.def("gn_stats", &gn_stats, "GroupNorm two-pass statistics (mean, rstd), B x G", py::call_guard<py::gil_scoped_release>());
