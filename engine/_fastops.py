@@ -2,15 +2,17 @@
 
 :func:`ops` returns the compiled module, or ``None`` when it cannot be had: no C++ compiler,
 a failed build, or ``EGEUNET_FAST_EXT=0`` in the environment. The fast path then keeps its
-pure-PyTorch kernels (same numbers to float32 round-off, slower). The build is cached by
-``torch.utils.cpp_extension`` (``TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``);
-the first build takes about a minute.
+pure-PyTorch kernels (same numbers to float32 round-off, slower). The build is cached under
+``torch.utils.cpp_extension``'s folder (``TORCH_EXTENSIONS_DIR``, default
+``~/.cache/torch_extensions``) by a hash of the source, flags, torch and Python; the first build
+takes about a minute, later processes import it directly.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+import time
 import warnings
 from pathlib import Path
 from types import ModuleType
@@ -37,16 +39,54 @@ def ops() -> ModuleType | None:
     return _STATE["mod"]
 
 
+FLAGS = ["-O3", "-march=native", "-fopenmp-simd"]
+STALE_LOCK_S = 600  # a build lock older than this was left by a killed process
+
+
 def _build() -> ModuleType | None:
     try:
-        from torch.utils.cpp_extension import load
-
-        return load(name="egeunet_fastops", sources=[str(SOURCE)],
-                    extra_cflags=["-O3", "-march=native", "-fopenmp-simd"],
-                    verbose=False)
+        return _load_or_build()
     except Exception as exc:  # no compiler, no ninja, a build error: fall back to the PyTorch kernels
         warnings.warn(f"engine.fast: the fused C++ kernels could not be built ({type(exc).__name__}: "
                       f"{str(exc).splitlines()[0] if str(exc) else ''}); using the PyTorch kernels "
                       f"(slower, same numbers). Set EGEUNET_FAST_EXT=0 to silence this.", RuntimeWarning,
                       stacklevel=3)
         return None
+
+
+def _load_or_build() -> ModuleType:
+    """Import the build for this source, flags, torch and Python if one exists, else build it.
+
+    The module name carries a hash of all of them, so a finished build is imported directly, without
+    ``torch.utils.cpp_extension.load`` (which takes a lock file and re-runs ninja on every load: a
+    process killed there would leave the lock behind and every later load would wait on it). A marker
+    file written after a successful build tells a finished build from one being linked right now.
+    """
+    import hashlib
+    import importlib.machinery
+    import importlib.util
+    import platform
+    import sys
+
+    import torch
+    from torch.utils.cpp_extension import _get_build_directory, load
+
+    key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), " ".join(FLAGS).encode(), torch.__version__.encode(),
+                                     sys.version.encode(), platform.machine().encode()])).hexdigest()[:12]
+    name = f"egeunet_fastops_{key}"
+    build_dir = Path(_get_build_directory(name, verbose=False))
+    lib = build_dir / f"{name}.so"
+    marker = build_dir / "built.ok"
+    if not (lib.exists() and marker.exists()):
+        lock = build_dir / "lock"
+        if lock.exists() and time.time() - lock.stat().st_mtime > STALE_LOCK_S:
+            lock.unlink(missing_ok=True)
+        module = load(name=name, sources=[str(SOURCE)], extra_cflags=FLAGS, build_directory=str(build_dir),
+                      verbose=False)
+        marker.write_text(f"{name}\n")
+        return module
+    loader = importlib.machinery.ExtensionFileLoader(name, str(lib))
+    spec = importlib.util.spec_from_file_location(name, str(lib), loader=loader)
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module

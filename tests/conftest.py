@@ -142,3 +142,11 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(prev)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _fused_kernels_built():
+    """Build engine.fast's C++ kernels once, in the test process, before any subprocess needs them."""
+    from engine import _fastops
+
+    _fastops.ops()

@@ -531,3 +531,27 @@ def test_fused_depthwise_conv_float64(c, k, d):
     assert torch.allclose(ext.dw_conv(x, w, b, d), F.conv2d(x, w, b, padding=pad, dilation=d, groups=c), atol=1e-12)
     assert torch.allclose(ext.dw_conv(x, w, None, d), F.conv2d(x, w, None, padding=pad, dilation=d, groups=c),
                           atol=1e-12)
+
+
+def test_a_finished_build_loads_without_the_build_lock(tmp_path):
+    """A process killed while holding torch's build lock must not stall later processes: a finished
+    build is imported directly (the lock is only taken to build)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    mod = _fastops.ops()
+    if mod is None:
+        pytest.skip("the fused kernels are not built here")
+    lock = Path(mod.__file__).parent / "lock"
+    created = not lock.exists()
+    lock.touch()
+    try:
+        proc = subprocess.run([sys.executable, "-c", "from engine._fastops import ops; assert ops() is not None"],
+                              cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "EGEUNET_FAST_EXT": "1"})
+        assert proc.returncode == 0, proc.stderr
+    finally:
+        if created:
+            lock.unlink(missing_ok=True)
