@@ -20,14 +20,28 @@ their names: ``state_dict`` keys are the plain model's) and returns the same
    they are skipped by default (the final map is bit-identical, MODELS.md §1.3).
 5. **Inference**: micro-batches (default ~4 images of 256x256: activations stay cache-sized and
    below glibc's mmap threshold, ~1.7x at batch 16) and the parameter-only GHPA masks cached per
-   spatial size, recomputed when a parameter changes (tensor version counters): bit-identical.
+   spatial size, recomputed when a parameter they depend on changes (checked by content: fused
+   AdamW does not bump version counters): bit-identical.
 6. **Depth-wise convs** (GHPA, GAB's dilated groups) get a hand-written backward: oneDNN's NHWC
    backward for 5-24-channel depth-wise maps costs 5-15x its forward; the input gradient is the
    forward kernel on flipped weights, the weight gradient k*k shifted multiply-sums (2-5x less).
 7. **Encoder GroupNorm + max-pool fused**: the affine GroupNorm commutes with max-pooling, so the
    normalised full-size map is never written and the backward works at pooled size plus one
    full-size ``addcmul`` (1.1-1.3x on the whole training step in interleaved A/B runs).
-8. **Inter-op workers** (default: one per torch thread): the batch is split into chunks run by
+8. **Fused C++ kernels** (``engine/csrc/fastops.cpp`` via :mod:`engine._fastops`, built on first use;
+   without a compiler, or with ``EGEUNET_FAST_EXT=0``, the PyTorch kernels of items 2-7 run): the
+   channels LayerNorm (pixels transposed 16 at a time so the per-pixel sums are vector loops), GAB's
+   group and tail LayerNorms read straight from xh / xl / mask and the group outputs (``ln_multi``:
+   no concatenation is written, and the backward writes each source's gradient directly; at
+   inference the tail 1x1 conv is applied in the same pass), GroupNorm statistics / affine /
+   backward, GroupNorm + max-pool with a one-pass backward, depth-wise 'same' convs (row spans of
+   k*k multiply-adds: 1-3.5x faster than oneDNN on 5-24 channels, most at dilation 5-7), bilinear
+   up-sampling with a gather backward (2-7x ATen's scatter), the depth-wise weight gradient. They
+   release the GIL (the worker threads overlap) and sum parameter gradients over fixed row blocks in
+   double, so results do not depend on the thread count.
+9. **Optimizer and loss**: :func:`adamw` is ATen's fused AdamW on the CPU (7 ms -> 1 ms per step);
+   ``engine.losses.bce_dice`` runs as one node with two kernel passes (15 -> 7 ms per batch of 8).
+10. **Inter-op workers** (default: one per torch thread): the batch is split into chunks run by
    single-threaded worker threads of this process (ATen releases the GIL); training gradients are
    computed per chunk with ``torch.autograd.grad`` and summed in chunk order (deterministic). Every
    EGE-UNet op is per-sample (GroupNorm per image, LayerNorm per pixel, no BatchNorm), so chunks
@@ -35,7 +49,13 @@ their names: ``state_dict`` keys are the plain model's) and returns the same
    intra-op threads by 1.4x (training) to 2x (inference at batch 16): these small ops split poorly
    across threads. A process with one thread (``--workers N`` suites) is unaffected.
 
-Measured and *not* kept (numbers in the bench report): ``torch.compile`` (inductor, CPU) -- 1.25x
+Measured and *not* kept: a C++ 1x1 conv (0.9-1.0x MKL's GEMM at 8-20 channels, 3x slower at 36 -> 16;
+the slow skinny GEMMs seen in profiles were mostly first-touch page faults on fresh outputs, absent
+once warm); GELU fused into the kernels (a scalar ``erf`` is several times slower than ATen's
+vectorised one); micro-batches of 6 or 8 at inference (0.87-0.91x of 4); branches instead of selects
+in the max-pool kernels (data-dependent mispredictions: 18x slower). The kernels are built without
+``-fopenmp`` (it would link a second OpenMP runtime beside torch's) and run single-threaded inside the
+worker threads. Earlier (numbers in the bench report): ``torch.compile`` (inductor, CPU) -- 1.25x
 on inference after 77-260 s of compilation, and the compiled training step ran *slower* than this
 eager path (0.8x); native channels-last GroupNorm (inaccurate, slow backward); ``F.layer_norm`` for
 rows of < 16 values; splitting the training batch into micro-batches (0.7-0.9x); ``var_mean``
