@@ -315,6 +315,10 @@ def environment(device: torch.device, workers: int) -> dict[str, Any]:
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(default)"), "cpu": cpu,
         "cores": os.cpu_count(), "python": platform.python_version(),
     }
+    from engine.env import git_info
+
+    git = git_info()  # the code measured (dirty: uncommitted or untracked files in the checkout)
+    env["git_commit"], env["git_dirty"] = git["commit"], git["dirty"]
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
         env["tf32"] = bool(torch.backends.cudnn.allow_tf32)
