@@ -47,10 +47,12 @@ def _build() -> ModuleType | None:
     try:
         return _load_or_build()
     except Exception as exc:  # no compiler, no ninja, a build error: fall back to the PyTorch kernels
-        warnings.warn(f"engine.fast: the fused C++ kernels could not be built ({type(exc).__name__}: "
-                      f"{str(exc).splitlines()[0] if str(exc) else ''}); using the PyTorch kernels "
-                      f"(slower, same numbers). Set EGEUNET_FAST_EXT=0 to silence this.", RuntimeWarning,
-                      stacklevel=3)
+        lines = str(exc).splitlines()
+        errors = [ln.strip() for ln in lines if "error" in ln.lower()][-2:]  # the compiler's own words
+        why = "; ".join(errors) if errors else (lines[0] if lines else "")
+        warnings.warn(f"engine.fast: the fused C++ kernels could not be built ({type(exc).__name__}: {why}); "
+                      f"using the PyTorch kernels (slower, same numbers). Install a C++ compiler (and ninja) "
+                      f"to get them, or set EGEUNET_FAST_EXT=0 to silence this.", RuntimeWarning, stacklevel=3)
         return None
 
 
@@ -90,3 +92,8 @@ def _load_or_build() -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     loader.exec_module(module)
     return module
+
+
+def active() -> bool:
+    """Whether the fused kernels are in use in this process (built, and not switched off)."""
+    return ops() is not None

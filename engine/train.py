@@ -355,6 +355,12 @@ class _Progress:
 
 
 # ============================================================================== the run
+def _fused_kernels_active() -> bool:
+    from engine import _fastops
+
+    return _fastops.active()
+
+
 def run_training(cfg: RunConfig, results_dir: str | os.PathLike, *, data_root: str | os.PathLike | None = None,
                  device: str | torch.device = "cpu", threads: int | None = None, progress: Any = None,
                  cache_dir: str | os.PathLike | None = None, eval_batch_size: int = 16,
@@ -442,11 +448,13 @@ class _Run:
         sessions = list(prev.get("sessions", []))
         sessions.append({"time_utc": env["time_utc"], "hostname": env["hostname"], "device": env["device"],
                          "threads": env["threads"], "git_commit": env["git_commit"], "git_dirty": env["git_dirty"],
-                         "start_epoch": start_epoch, "fast_path": self.use_fast, "amp": self.use_amp})
+                         "start_epoch": start_epoch, "fast_path": self.use_fast, "amp": self.use_amp,
+                         "fused_kernels": self.use_fast and self.device.type == "cpu" and _fused_kernels_active()})
         env["sessions"] = sessions
         env["deterministic_algorithms"] = torch.are_deterministic_algorithms_enabled()
         env["amp"] = self.use_amp
         env["fast_path"] = self.use_fast
+        env["fused_kernels"] = sessions[-1]["fused_kernels"]
         atomic_write_json(path, env)
 
     def _load_data(self) -> None:

@@ -555,3 +555,29 @@ def test_a_finished_build_loads_without_the_build_lock(tmp_path):
     finally:
         if created:
             lock.unlink(missing_ok=True)
+
+
+def test_a_failed_build_falls_back_with_the_compiler_error(tmp_path):
+    """A kernel source that does not compile: ops() is None, the fast path keeps its PyTorch kernels,
+    and the warning quotes the compiler's error line (not just the command)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if not (shutil.which("c++") or shutil.which("g++")):
+        pytest.skip("no C++ compiler here")
+    bad = tmp_path / "fastops.cpp"
+    bad.write_text("#include <torch/extension.h>\nint broken( {\n")
+    code = ("import warnings, torch\nfrom pathlib import Path\nfrom engine import _fastops\n"
+            f"_fastops.SOURCE = Path({str(bad)!r})\n"
+            "with warnings.catch_warnings(record=True) as w:\n    warnings.simplefilter('always')\n"
+            "    assert _fastops.ops() is None\n"
+            "msg = ' '.join(str(x.message) for x in w)\nassert 'could not be built' in msg and 'error' in msg, msg\n"
+            "from engine.fast import make_fast\nfrom egeunet.model import EGEUNet\n"
+            "out = make_fast(EGEUNet(), 'infer')(torch.rand(1, 3, 32, 32))\nassert out.logits.shape == (1, 1, 32, 32)\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "TORCH_EXTENSIONS_DIR": str(tmp_path / "ext"),
+                                                       "EGEUNET_FAST_EXT": "1"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
