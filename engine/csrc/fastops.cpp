@@ -2,11 +2,16 @@
 //
 // Every map is a B x C x H x W tensor in channels-last memory: element (b, c, h, w) lives at
 // ((b * H + h) * W + w) * C + c, so the C values of one pixel are contiguous. The kernels replace
-// chains of full-size ATen passes over 5-64-channel maps (LayerNorm over channels, GroupNorm,
-// GroupNorm + 2x2 max-pool, the depth-wise weight gradient) by one or two passes each.
+// chains of full-size ATen passes over 5-64-channel maps by one or two passes each: LayerNorm over
+// channels (also over a virtual concatenation of several maps: GAB), GroupNorm, GroupNorm + 2x2
+// max-pool, depth-wise 'same' convs and their weight gradient, bilinear align_corners resizing, and
+// the BceDice loss sums and gradient.
 //
 // Reductions that feed parameter gradients are summed over fixed blocks of rows in double and the
-// block partials added in block order, so results do not depend on the number of threads.
+// block partials added in block order, so results do not depend on the number of threads. The
+// kernels are compiled without -fopenmp (torch brings its own OpenMP runtime), so at::parallel_for
+// runs them single-threaded: engine.fast calls them from its worker threads, one per core, with
+// the GIL released.
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
