@@ -318,6 +318,19 @@ def _group_norm_input_grad_coeffs(sg: Tensor, sgd: Tensor, rstd: Tensor, w: Tens
             (-(rstd ** 3) * bb)[:, :, None, None])
 
 
+def _group_norm_backward_terms(ctx: Any, sg: Tensor, sgd: Tensor, rstd: Tensor, w: Tensor,
+                               shape: torch.Size) -> tuple[Tensor | None, Tensor | None, tuple | None]:
+    """(gw, gb, input-gradient coefficients or None) of a GroupNorm backward over a map of ``shape``
+    from the per-(image, channel) sums ``sg`` and ``sgd``, each only where ``ctx`` needs it."""
+    gw = (sgd * rstd).sum(0) if ctx.needs_input_grad[2] else None
+    gb = sg.sum(0) if ctx.needs_input_grad[3] else None
+    coeffs = None
+    if ctx.needs_input_grad[0]:
+        n = shape[1] // ctx.groups * shape[2] * shape[3]
+        coeffs = _group_norm_input_grad_coeffs(sg, sgd, rstd, w, ctx.groups, n)
+    return gw, gb, coeffs
+
+
 def _gn_stats_ext(ext: Any, x: Tensor, groups: int, eps: float) -> tuple[Tensor, Tensor]:
     """Per-(image, channel) mean and rstd (B x C) of GroupNorm, two passes in the fused kernel."""
     mean, rstd = ext.gn_stats(x, groups, eps)
@@ -347,19 +360,14 @@ class _GroupNormExt(torch.autograd.Function):
         ext = _fastops.ops()
         gy = gy.contiguous(memory_format=CL)
         sg, sgd = ext.gn_backward_sums(gy, x, mean)  # B x C
-        gw = (sgd * rstd).sum(0) if ctx.needs_input_grad[2] else None
-        gb = sg.sum(0) if ctx.needs_input_grad[3] else None
-        gx = None
-        if ctx.needs_input_grad[0]:
-            n = x.shape[1] // ctx.groups * x.shape[2] * x.shape[3]
-            c1, c2, c3 = _flat(*_group_norm_input_grad_coeffs(sg, sgd, rstd, w, ctx.groups, n))
-            gx = ext.gn_backward_apply(gy, x, mean, c1, c2, c3)
+        gw, gb, coeffs = _group_norm_backward_terms(ctx, sg, sgd, rstd, w, x.shape)
+        gx = ext.gn_backward_apply(gy, x, mean, *_flat(*coeffs)) if coeffs is not None else None
         return gx, None, gw, gb, None
 
 
 class _GroupNormMaxPoolExt(torch.autograd.Function):
     """:class:`_GroupNormMaxPool` by the fused kernels: the forward reads x three times (two for the
-    statistics, one pooling pass that writes only pooled-size maps and a one-byte arg-max); the
+    statistics, one pooling pass that writes only pooled-size maps and the arg-max); the
     backward writes the input gradient in one pass."""
 
     @staticmethod
@@ -378,13 +386,8 @@ class _GroupNormMaxPoolExt(torch.autograd.Function):
         gp = gp.contiguous(memory_format=CL)
         sg = gp.sum((2, 3))  # B x C: the full-size gradient is gp at the arg-max positions, zero elsewhere
         sgd = (gp * pooled_d).sum((2, 3)) * sgn  # x - mean at an arg-max is sgn * pooled_d
-        gw = (sgd * rstd).sum(0) if ctx.needs_input_grad[2] else None
-        gb = sg.sum(0) if ctx.needs_input_grad[3] else None
-        gx = None
-        if ctx.needs_input_grad[0]:
-            n = x.shape[1] // ctx.groups * x.shape[2] * x.shape[3]
-            c1, c2, c3 = _flat(*_group_norm_input_grad_coeffs(sg, sgd, rstd, w, ctx.groups, n))
-            gx = _fastops.ops().gn_pool_backward(gp, x, mean, idx, c1, c2, c3)
+        gw, gb, coeffs = _group_norm_backward_terms(ctx, sg, sgd, rstd, w, x.shape)
+        gx = _fastops.ops().gn_pool_backward(gp, x, mean, idx, *_flat(*coeffs)) if coeffs is not None else None
         return gx, None, gw, gb, None
 
 
@@ -407,12 +410,10 @@ class _GroupNormTwoPass(torch.autograd.Function):
         d, rstd, w = ctx.saved_tensors
         sg = gy.sum((2, 3))  # B x C
         sgd = (gy * d).sum((2, 3))  # B x C
-        gw = (sgd * rstd).sum(0) if ctx.needs_input_grad[2] else None
-        gb = sg.sum(0) if ctx.needs_input_grad[3] else None
+        gw, gb, coeffs = _group_norm_backward_terms(ctx, sg, sgd, rstd, w, d.shape)
         gx = None
-        if ctx.needs_input_grad[0]:
-            n = d.shape[1] // ctx.groups * d.shape[2] * d.shape[3]
-            c1, c2, c3 = _group_norm_input_grad_coeffs(sg, sgd, rstd, w, ctx.groups, n)
+        if coeffs is not None:
+            c1, c2, c3 = coeffs
             gx = torch.addcmul(torch.addcmul(c2, gy, c1), d, c3)
         return gx, None, gw, gb, None
 
@@ -444,12 +445,10 @@ class _GroupNormMaxPool(torch.autograd.Function):
         # pooled-size sums; d at an arg-max is sgn * m
         sg = gp.sum((2, 3))  # B x C
         sgd = (gp * m).sum((2, 3)) * sgn
-        gw = (sgd * rstd).sum(0) if ctx.needs_input_grad[2] else None
-        gb = sg.sum(0) if ctx.needs_input_grad[3] else None
+        gw, gb, coeffs = _group_norm_backward_terms(ctx, sg, sgd, rstd, w, d.shape)
         gx = None
-        if ctx.needs_input_grad[0]:
-            n = d.shape[1] // ctx.groups * d.shape[2] * d.shape[3]
-            c1, c2, c3 = _group_norm_input_grad_coeffs(sg, sgd, rstd, w, ctx.groups, n)
+        if coeffs is not None:
+            c1, c2, c3 = coeffs
             scattered = torch.ops.aten.max_pool2d_with_indices_backward(
                 gp * c1, d, [2, 2], [2, 2], [0, 0], [1, 1], False, idx)
             gx = torch.addcmul(c2, d, c3).add_(scattered)  # measured faster than scatter_add_ into it
