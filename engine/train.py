@@ -62,6 +62,7 @@ import torch
 from torch import nn
 
 from egeunet.contract import as_seg_output, loss_weights_of
+from engine import _fastops
 from engine.env import capture_rng, collect_env, derived_seed, restore_rng, seed_everything
 from engine.evaluate import (
     PER_IMAGE_COLUMNS, EvalResult, evaluate, parse_eval_target, selection_info,
@@ -355,12 +356,6 @@ class _Progress:
 
 
 # ============================================================================== the run
-def _fused_kernels_active() -> bool:
-    from engine import _fastops
-
-    return _fastops.active()
-
-
 def run_training(cfg: RunConfig, results_dir: str | os.PathLike, *, data_root: str | os.PathLike | None = None,
                  device: str | torch.device = "cpu", threads: int | None = None, progress: Any = None,
                  cache_dir: str | os.PathLike | None = None, eval_batch_size: int = 16,
@@ -449,7 +444,7 @@ class _Run:
         sessions.append({"time_utc": env["time_utc"], "hostname": env["hostname"], "device": env["device"],
                          "threads": env["threads"], "git_commit": env["git_commit"], "git_dirty": env["git_dirty"],
                          "start_epoch": start_epoch, "fast_path": self.use_fast, "amp": self.use_amp,
-                         "fused_kernels": self.use_fast and self.device.type == "cpu" and _fused_kernels_active()})
+                         "fused_kernels": self.use_fast and self.device.type == "cpu" and _fastops.active()})
         env["sessions"] = sessions
         env["deterministic_algorithms"] = torch.are_deterministic_algorithms_enabled()
         env["amp"] = self.use_amp
