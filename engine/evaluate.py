@@ -77,11 +77,12 @@ def _batches(n: int, batch_size: int):
 @torch.inference_mode()
 def evaluate(model: nn.Module, data: Any, *, device: str | torch.device = "cpu", batch_size: int = 16,
              loss_weights: Sequence[float] | None | bool = None, max_images: int | None = None,
-             threshold: float = 0.5) -> EvalResult:
+             threshold: float = 0.5, fused_loss: bool = False) -> EvalResult:
     """Evaluate ``model`` on ``data`` (a ``SegArrays``: uint8 images N x H x W x 3, masks N x H x W).
 
     ``loss_weights``: None = ``model.loss_weights`` (the training loss, used for selection); False
     skips the loss. ``max_images`` keeps the first images only. The model is left in eval mode.
+    ``fused_loss``: compute that loss with the fused CPU kernel (:func:`engine.losses.bce_dice`).
     """
     from engine.data import normalise
 
@@ -99,7 +100,7 @@ def evaluate(model: nn.Module, data: Any, *, device: str | torch.device = "cpu",
         out = as_seg_output(model(x))
         counts.append(confusion_counts(torch.sigmoid(out.logits.float()), y, threshold))
         if weights is not None:
-            loss_sum += float(model_loss(out, y, weights).double().item()) * (e - s)
+            loss_sum += float(model_loss(out, y, weights, fused=fused_loss).double().item()) * (e - s)
     c = np.concatenate(counts) if counts else np.zeros((0, 4), dtype=np.int64)
     loss = (loss_sum / n if n else float("nan")) if weights is not None else None
     return EvalResult(dataset=data.dataset, split=data.split, ids=tuple(data.ids[:n]), counts=c, loss=loss,

@@ -17,9 +17,11 @@ official pipeline resizes masks bilinearly); both terms accept values in [0, 1].
 
 Half-precision logits (AMP) are upcast, so the loss is always computed in float32 or wider.
 
-On the CPU, with the fast path's fused kernels built (``engine._fastops``), the same formula runs as
-one autograd node: ATen's sigmoid and softplus, one pass for the per-image sums (in double) and one
-pass for the logit gradient, instead of ~15 full-size ops each way (same value to round-off; tested).
+``fused=True`` (what the training engine passes when the run takes the fast path; default False)
+runs the same formula on the CPU as one autograd node with the fast path's kernels
+(``engine._fastops``, when built): ATen's sigmoid and softplus, one pass for the per-image sums (in
+double) and one pass for the logit gradient, instead of ~15 full-size ops each way (same value to
+round-off; tested). The caller's switch decides, so a plain (``--no-fast``) run never touches C++.
 """
 
 from __future__ import annotations
@@ -40,15 +42,19 @@ def _as_nchw(x: Tensor) -> Tensor:
     return x.unsqueeze(1) if x.dim() == 3 else x
 
 
-def bce_dice(logits: Tensor, target: Tensor, *, wb: float = 1.0, wd: float = 1.0, smooth: float = 1.0) -> Tensor:
-    """``wb * BCE + wd * Dice`` of ``logits`` (B x 1 x H x W or B x H x W) against ``target`` in [0, 1]."""
+def bce_dice(logits: Tensor, target: Tensor, *, wb: float = 1.0, wd: float = 1.0, smooth: float = 1.0,
+             fused: bool = False) -> Tensor:
+    """``wb * BCE + wd * Dice`` of ``logits`` (B x 1 x H x W or B x H x W) against ``target`` in [0, 1].
+
+    ``fused``: on the CPU, use the fused kernel where it is built (see the module docstring).
+    """
     logits = _as_nchw(logits)
     if logits.dtype in (torch.float16, torch.bfloat16):  # AMP outputs: compute the loss in float32
         logits = logits.float()
     target = _as_nchw(target).to(logits.dtype)
     if logits.shape != target.shape:
         raise ValueError(f"logits {tuple(logits.shape)} and target {tuple(target.shape)} differ in shape")
-    if logits.device.type == "cpu" and not target.requires_grad and logits.numel() > 0:
+    if fused and logits.device.type == "cpu" and not target.requires_grad and logits.numel() > 0:
         ext = _fastops.ops()
         if ext is not None:
             return _BceDiceFused.apply(logits.contiguous(), target.contiguous(), float(wb), float(wd), float(smooth))
@@ -87,28 +93,29 @@ class _BceDiceFused(torch.autograd.Function):
 class BceDice(nn.Module):
     """The official BceDice loss (PROTOCOL §4) on logits; see the module docstring."""
 
-    def __init__(self, wb: float = 1.0, wd: float = 1.0, smooth: float = 1.0) -> None:
+    def __init__(self, wb: float = 1.0, wd: float = 1.0, smooth: float = 1.0, fused: bool = False) -> None:
         super().__init__()
-        self.wb, self.wd, self.smooth = float(wb), float(wd), float(smooth)
+        self.wb, self.wd, self.smooth, self.fused = float(wb), float(wd), float(smooth), bool(fused)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
-        return bce_dice(logits, target, wb=self.wb, wd=self.wd, smooth=self.smooth)
+        return bce_dice(logits, target, wb=self.wb, wd=self.wd, smooth=self.smooth, fused=self.fused)
 
 
 def model_loss(output: SegOutput | Tensor | tuple, target: Tensor, weights: Sequence[float],
-               criterion: nn.Module | None = None) -> Tensor:
+               criterion: nn.Module | None = None, *, fused: bool = False) -> Tensor:
     """``sum_i weights[i] * BceDice(map_i, target)`` over ``(output.logits, *output.aux)``.
 
     ``weights`` is ``model.loss_weights`` (EGE-UNet: ``(1.0, 0.1, 0.2, 0.3, 0.4, 0.5)``, i.e. the
     GT-BceDice of PROTOCOL §4 with the final map first and the side outputs deepest first). Maps with
     weight 0 are skipped (so a non-finite side output with zero weight cannot poison the sum).
+    ``fused`` selects the fused CPU kernel of the default criterion (ignored with ``criterion``).
     """
     out = as_seg_output(output)
     maps = (out.logits, *out.aux)
     weights = tuple(float(w) for w in weights)
     if len(weights) != len(maps):
         raise ValueError(f"{len(weights)} loss weights for {len(maps)} output maps (logits + {len(out.aux)} aux)")
-    crit = criterion if criterion is not None else BceDice()
+    crit = criterion if criterion is not None else BceDice(fused=fused)
     total: Tensor | None = None
     for w, m in zip(weights, maps):
         if w == 0.0:

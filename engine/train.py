@@ -569,7 +569,7 @@ class _Run:
             x, y = augment_batch(x, y, self.aug_gen, paper_quirks=r.paper_quirks, run_angle=self.run_angle)
             with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.use_amp):
                 out = as_seg_output(self.train_model(x))
-            loss = model_loss(out, y, self.weights)
+            loss = model_loss(out, y, self.weights, fused=self.use_fast)
             value = float(loss.detach().item())
             if not math.isfinite(value):
                 raise RunFailed(f"non-finite training loss ({value}) at epoch {epoch}, step {s + 1}/{steps}")
@@ -587,7 +587,7 @@ class _Run:
     def _evaluate(self, data: Any, max_images: int | None) -> EvalResult:
         try:
             return evaluate(self.eval_model, data, device=self.device, batch_size=self.eval_bs,
-                            loss_weights=self.weights, max_images=max_images)
+                            loss_weights=self.weights, max_images=max_images, fused_loss=self.use_fast)
         finally:
             self.model.train()
 

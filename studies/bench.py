@@ -11,7 +11,8 @@ so that load from other processes hits both alike; ratios are the median of per-
 
 Candidates: (a) ``reference`` = :class:`egeunet.reference.ReferenceEGEUNet`, plain eager;
 (b) ``fast`` = :func:`engine.fast.make_fast` over :class:`egeunet.model.EGEUNet` with the same
-weights, trained with :func:`engine.fast.adamw` (fused AdamW on the CPU) as ``engine.train`` does. ``--extra`` adds diagnostic variants (``fast_w2``: the fast path with two single-threaded worker threads;
+weights, trained with :func:`engine.fast.adamw` (fused AdamW on the CPU) and the fused BceDice kernel
+(``fused=True``) as ``engine.train`` does on the fast path; the reference keeps ATen's loss and AdamW. ``--extra`` adds diagnostic variants (``fast_w2``: the fast path with two single-threaded worker threads;
 ``compiled``: ``torch.compile`` of the fast path, compile time reported; on CUDA ``amp``).
 Accuracy: max |output - reference| in float32 on a fixed batch (and the relative parameter-gradient
 difference for training), next to the float32 noise floor (reference in float32 vs float64).
@@ -61,7 +62,7 @@ def _loss_fn() -> Callable[[Any, Tensor, tuple[float, ...]], Tensor]:
     except ImportError:  # the engine's losses are not there: the same GT-BceDice, locally
         from egeunet.contract import as_seg_output
 
-        def model_loss(out: Any, y: Tensor, weights: tuple[float, ...]) -> Tensor:
+        def model_loss(out: Any, y: Tensor, weights: tuple[float, ...], fused: bool = False) -> Tensor:
             o = as_seg_output(out)
             total = None
             for w, m in zip(weights, (o.logits, *o.aux)):
@@ -88,6 +89,7 @@ class Candidate:
     autocast: bool = False
     note: str = ""
     setup_s: float = 0.0  # e.g. compile time (first call), excluded from the rates
+    fused_loss: bool = False  # the loss's fused CPU kernel: the fast path's candidates only, as in engine.train
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -155,6 +157,8 @@ def build_candidates(device: torch.device, extra: list[str], workers: int | None
         t1 = make_fast(m2, "train")
         cands["amp"] = Candidate("amp", make_fast(m1, "infer"), t1, torch.optim.AdamW(t1.parameters(), lr=1e-3),
                                  autocast=True, note="fast path + autocast fp16")
+    for name, c in cands.items():  # the plain reference keeps the plain loss (engine.train: fused=use_fast)
+        c.fused_loss = name != "reference"
     return cands, ref
 
 
@@ -175,7 +179,7 @@ def accuracy(cands: dict[str, Candidate], ref: nn.Module, device: torch.device, 
         model.zero_grad(set_to_none=True)
         with _amp(amp_c, device) if amp_c else torch.autocast(device.type, enabled=False):
             out = model(xx)
-        loss = loss_fn(out, yy, tuple(model.loss_weights))
+        loss = loss_fn(out, yy, tuple(model.loss_weights), fused=amp_c is not None and amp_c.fused_loss)
         loss.backward()
         grads = [p.grad.detach().clone() for p in model.parameters()]
         model.zero_grad(set_to_none=True)
@@ -234,7 +238,7 @@ def _train_step(c: Candidate, device: torch.device, x: torch.Tensor, y: torch.Te
     """Forward (autocast for the amp candidate) + loss + backward + AdamW step, as engine.train does."""
     with _amp(c, device):
         out = c.train(x)
-    loss = loss_fn(out, y, weights)
+    loss = loss_fn(out, y, weights, fused=c.fused_loss)
     c.opt.zero_grad(set_to_none=True)
     loss.backward()
     c.opt.step()
@@ -389,7 +393,8 @@ def main(argv: list[str] | None = None) -> int:
         xb = torch.randn(8, 3, 256, 256, device=device)
         t = time.perf_counter()
         out = c.train(xb)
-        loss_fn(out, torch.zeros(8, 1, 256, 256, device=device), tuple(c.train.loss_weights)).backward()
+        loss_fn(out, torch.zeros(8, 1, 256, 256, device=device), tuple(c.train.loss_weights),
+                fused=c.fused_loss).backward()
         with torch.no_grad():
             c.infer(xb[:1])
             c.infer(torch.randn(16, 3, 256, 256, device=device))

@@ -201,17 +201,33 @@ def test_fused_bce_dice_equals_the_formula(dtype, monkeypatch):
     t = (torch.rand(3, 1, 16, 20, generator=g) > 0.5).to(dtype)
     t[1] = 0.3  # soft targets
     res = {}
-    for flag in ("0", "1"):
+    # the caller's flag decides; with the kernels switched off, fused=True falls back to the formula
+    for key, fused, flag in (("plain", False, "1"), ("fused", True, "1"), ("off", True, "0")):
         monkeypatch.setenv("EGEUNET_FAST_EXT", flag)
         zz = z.clone().requires_grad_()
-        loss = bce_dice(zz, t, wb=0.7, wd=1.3)
+        loss = bce_dice(zz, t, wb=0.7, wd=1.3, fused=fused)
         loss.backward()
-        res[flag] = (loss.detach(), zz.grad, type(loss.grad_fn).__name__)
-    assert "Fused" in res["1"][2] and "Fused" not in res["0"][2]
+        res[key] = (loss.detach(), zz.grad, type(loss.grad_fn).__name__)
+    assert "Fused" in res["fused"][2] and "Fused" not in res["plain"][2] and "Fused" not in res["off"][2]
     tol = 1e-10 if dtype == torch.float64 else 1e-5
-    assert float(res["1"][0]) == pytest.approx(float(res["0"][0]), rel=tol)
-    assert torch.allclose(res["1"][1], res["0"][1], rtol=tol, atol=tol * float(res["0"][1].abs().max()))
-    assert torch.isfinite(res["1"][1]).all()
+    assert float(res["fused"][0]) == pytest.approx(float(res["plain"][0]), rel=tol)
+    assert torch.allclose(res["fused"][1], res["plain"][1], rtol=tol, atol=tol * float(res["plain"][1].abs().max()))
+    assert torch.isfinite(res["fused"][1]).all()
+    assert torch.equal(res["off"][1], res["plain"][1])
+    # model_loss passes its flag to every map's BceDice: one fused node per map, or none
+    from engine import losses
+
+    monkeypatch.setenv("EGEUNET_FAST_EXT", "1")
+    calls, real_apply = [], losses._BceDiceFused.apply
+    monkeypatch.setattr(losses._BceDiceFused, "apply", lambda *a: calls.append(1) or real_apply(*a))
+    out = SegOutput(z.clone().requires_grad_(), (z.clone().requires_grad_(),))
+    plain_total = model_loss(out, t, (1.0, 0.5)).detach()
+    assert calls == []
+    fused_total = model_loss(out, t, (1.0, 0.5), fused=True)
+    assert calls == [1, 1]
+    fused_total.backward()
+    assert out.aux[0].grad is not None and torch.isfinite(out.logits.grad).all()
+    assert fused_total.item() == pytest.approx(plain_total.item(), rel=tol)
 
 
 def test_model_loss_weights_and_egeunet():

@@ -204,9 +204,9 @@ def test_nan_loss_at_epoch_two_keeps_history(smoke_config, tmp_path, monkeypatch
     calls = {"n": 0}
     steps_per_epoch = 16 // 4
 
-    def nan_after_first_epoch(out, target, weights):
+    def nan_after_first_epoch(out, target, weights, **kw):
         calls["n"] += 1
-        loss = real(out, target, weights)
+        loss = real(out, target, weights, **kw)
         return loss * float("nan") if calls["n"] > steps_per_epoch else loss
 
     monkeypatch.setattr(train, "model_loss", nan_after_first_epoch)
@@ -255,8 +255,27 @@ def test_git_info_outside_a_checkout_uses_the_named_commit(tmp_path, monkeypatch
 def test_fast_path_is_the_cpu_default_for_egeunet_and_trains_like_the_plain_model(smoke_run, smoke_config, tmp_path):
     assert smoke_run.record_dir.joinpath("env.json").exists()
     assert load_record(smoke_run.record_dir).env["fast_path"] is True  # default: EGE-UNet on the CPU
-    plain = run_training(smoke_config(), tmp_path / "plain", fast=False, **FAST)
+    import engine.losses
+    import engine.train
+
+    fused_flags, fused_calls = [], []
+    real_loss, real_apply = engine.train.model_loss, engine.losses._BceDiceFused.apply
+
+    def spy_loss(*a, **kw):
+        fused_flags.append(kw.get("fused"))
+        return real_loss(*a, **kw)
+
+    def spy_apply(*a):
+        fused_calls.append(1)
+        return real_apply(*a)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(engine.train, "model_loss", spy_loss)
+        mp.setattr(engine.losses._BceDiceFused, "apply", spy_apply)
+        plain = run_training(smoke_config(), tmp_path / "plain", fast=False, **FAST)
     assert load_record(plain.record_dir).env["fast_path"] is False
+    # the run's switch decides the loss too: a plain run never enters the C++ loss kernel
+    assert fused_flags and set(fused_flags) == {False} and not fused_calls
     # each session says which path it trained with (a run may resume on the other one)
     assert [s["fast_path"] for s in load_record(smoke_run.record_dir).env["sessions"]] == [True]
     assert [s["fast_path"] for s in load_record(plain.record_dir).env["sessions"]] == [False]
