@@ -40,7 +40,8 @@ their names: ``state_dict`` keys are the plain model's) and returns the same
    release the GIL (the worker threads overlap) and sum parameter gradients over fixed row blocks in
    double, so results do not depend on the thread count.
 9. **Optimizer and loss**: :func:`adamw` is ATen's fused AdamW on the CPU (7 ms -> 1 ms per step);
-   ``engine.losses.bce_dice`` runs as one node with two kernel passes (15 -> 7 ms per batch of 8).
+   ``engine.losses.bce_dice(..., fused=True)`` (``engine.train`` passes it on the fast path only) runs
+   as one node with two kernel passes (15 -> 7 ms per batch of 8).
 10. **Inter-op workers** (default: one per torch thread): the batch is split into chunks run by
    single-threaded worker threads of this process (ATen releases the GIL); training gradients are
    computed per chunk with ``torch.autograd.grad`` and summed in chunk order (deterministic). Every

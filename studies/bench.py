@@ -12,7 +12,8 @@ so that load from other processes hits both alike; ratios are the median of per-
 Candidates: (a) ``reference`` = :class:`egeunet.reference.ReferenceEGEUNet`, plain eager;
 (b) ``fast`` = :func:`engine.fast.make_fast` over :class:`egeunet.model.EGEUNet` with the same
 weights, trained with :func:`engine.fast.adamw` (fused AdamW on the CPU) and the fused BceDice kernel
-(``fused=True``) as ``engine.train`` does on the fast path; the reference keeps ATen's loss and AdamW. ``--extra`` adds diagnostic variants (``fast_w2``: the fast path with two single-threaded worker threads;
+(``fused=True``) as ``engine.train`` does on the fast path; the reference keeps ATen's loss and AdamW.
+``--extra`` adds diagnostic variants (``fast_w2``: the fast path with two single-threaded worker threads;
 ``compiled``: ``torch.compile`` of the fast path, compile time reported; on CUDA ``amp``).
 Accuracy: max |output - reference| in float32 on a fixed batch (and the relative parameter-gradient
 difference for training), next to the float32 noise floor (reference in float32 vs float64).
