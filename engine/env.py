@@ -23,9 +23,15 @@ __all__ = ["collect_env", "git_info", "seed_everything", "capture_rng", "restore
 
 _REPO = Path(__file__).resolve().parents[1]
 
+#: the paths whose changes can change a result: a run is ``git_dirty`` only when one of them differs from HEAD
+CODE_PATHS = ("egeunet", "baselines", "engine", "studies", "pyproject.toml")
+
 
 def git_info(repo: str | os.PathLike | None = None) -> dict[str, Any]:
     """``{"commit": sha | None, "dirty": bool | None}`` of the checkout holding this package.
+
+    ``dirty``: a file under :data:`CODE_PATHS` differs from the commit (results and reports written by the
+    suite itself do not make a run dirty).
 
     ``$EGEUNET_GIT_COMMIT`` (and ``$EGEUNET_GIT_DIRTY=1``), when set, name the commit instead: for a copy
     of the tree without its ``.git`` or with a stale one.
@@ -47,7 +53,8 @@ def git_info(repo: str | os.PathLike | None = None) -> dict[str, Any]:
     commit = run("rev-parse", "HEAD")
     if commit is None:
         return {"commit": None, "dirty": None}
-    status = run("status", "--porcelain")  # untracked, non-ignored files count: they may be code
+    # untracked, non-ignored files count (they may be code); results, reports, docs and tests do not
+    status = run("status", "--porcelain", "--", *CODE_PATHS)
     return {"commit": commit.strip(), "dirty": None if status is None else bool(status.strip())}
 
 

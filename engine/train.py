@@ -69,13 +69,14 @@ from engine.evaluate import (
 )
 from engine.losses import model_loss
 from engine.metrics import SUMMARY_KEYS
+from engine.numerics import precision_mode, resume_key
 from engine.record import (
     atomic_torch_save, atomic_write_csv, atomic_write_json, read_json, read_status, record_dir_for, write_status,
 )
 
 __all__ = [
     "Recipe", "Budget", "BUDGETS", "CPU_BUDGET_NOTE", "RunConfig", "RunResult", "run_training", "HISTORY_COLUMNS",
-    "lr_at_epoch",
+    "lr_at_epoch", "ResumeRefused", "resume_conflict", "uses_fast_path",
 ]
 
 CONFIG_SCHEMA = 1
@@ -201,9 +202,15 @@ class RunConfig:
     seed: int = 0
     recipe: dict[str, Any] = field(default_factory=dict)
     external_test: tuple[str, ...] = ()
+    data: str = ""
 
     def __post_init__(self) -> None:
         self.dataset = str(self.dataset).lower()
+        self.data = str(self.data or "")
+        if not self.data and self.dataset == "synthetic":  # its identity needs no folder
+            from engine.data import data_fingerprint
+
+            self.data = data_fingerprint("synthetic").id
         proto = str(self.protocol).lower()
         if proto not in _PROTOCOL_ALIASES:
             raise ValueError(f"unknown protocol {self.protocol!r}; valid: clean, paper (alias official)")
@@ -232,7 +239,15 @@ class RunConfig:
             "seed": self.seed,
             "recipe": self.resolved_recipe().to_dict(),
             "external_test": [":".join(parse_eval_target(t)) for t in self.external_test],
+            "data": self.data,
         })
+
+    def with_data(self, root: str | os.PathLike | None = None,
+                  cache_dir: str | os.PathLike | None = None) -> "RunConfig":
+        """This config with ``data`` set to the fingerprint of the dataset found under ``root``."""
+        from engine.data import data_fingerprint
+
+        return dataclasses.replace(self, data=data_fingerprint(self.dataset, self.protocol, root, cache_dir).id)
 
     def config_hash(self) -> str:
         """First 12 hex digits of sha256 over the canonical JSON of :meth:`to_dict`."""
@@ -244,7 +259,7 @@ class RunConfig:
         """Inverse of :meth:`to_dict` (the stored recipe becomes the overrides; the hash is unchanged)."""
         return cls(model=d["model"], model_overrides=dict(d.get("model_overrides", {})), dataset=d["dataset"],
                    protocol=d["protocol"], budget=d["budget"], seed=d["seed"], recipe=dict(d.get("recipe", {})),
-                   external_test=tuple(d.get("external_test", ())))
+                   external_test=tuple(d.get("external_test", ())), data=d.get("data", ""))
 
 
 def _canonical(obj: Any) -> Any:
@@ -272,6 +287,11 @@ class RunResult:
 
 class RunFailed(Exception):
     """Ends a run with status ``failed`` (non-finite loss, divergence, out of memory)."""
+
+
+class ResumeRefused(RuntimeError):
+    """An unfinished record cannot be resumed here (other device type, precision, numerics version or path, or
+    an unreadable checkpoint); the record is left untouched. ``restart=True`` starts the run over."""
 
 
 HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", *(f"val_{k}" for k in SUMMARY_KEYS), "lr", "seconds")
@@ -360,7 +380,7 @@ def run_training(cfg: RunConfig, results_dir: str | os.PathLike, *, data_root: s
                  device: str | torch.device = "cpu", threads: int | None = None, progress: Any = None,
                  cache_dir: str | os.PathLike | None = None, eval_batch_size: int = 16,
                  deterministic: bool | None = None, profile: bool = True, overwrite: bool = False,
-                 fast: bool | None = None) -> RunResult:
+                 fast: bool | None = None, restart: bool = False) -> RunResult:
     """Train ``cfg`` into ``<results_dir>/runs/<config_hash>/`` (resuming an unfinished record).
 
     ``device``: ``cpu`` / ``cuda[:i]``; ``threads``: torch CPU threads for the run (restored after);
@@ -372,8 +392,12 @@ def run_training(cfg: RunConfig, results_dir: str | os.PathLike, *, data_root: s
     ``overwrite``: delete a finished record and run again; ``fast``: train and evaluate through
     :func:`engine.fast.make_fast` (same parameters, same numbers to float32 round-off; default: on for
     EGE-UNet models on the CPU, where it pays, off elsewhere; recorded in ``env.json`` as ``fast_path``;
-    not part of the config hash). See the module docstring for failures.
+    not part of the config hash); ``restart``: discard an unfinished record's partial state and start over.
+    ``cfg.data`` empty: filled with the fingerprint of the data under ``data_root``; set: must equal it.
+    A resume under another device type, precision mode, numerics version or path raises
+    :class:`ResumeRefused` (see :func:`resume_conflict`). See the module docstring for failures.
     """
+    cfg = _resolve_data(cfg, data_root, cache_dir)
     chash = cfg.config_hash()
     rdir = record_dir_for(results_dir, chash)
     status = read_status(rdir)
@@ -385,11 +409,78 @@ def run_training(cfg: RunConfig, results_dir: str | os.PathLike, *, data_root: s
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device {device!r} requested but CUDA is not available")
+    if status is None and rdir.exists():
+        if restart:
+            shutil.rmtree(rdir)
+        else:
+            problem = resume_conflict(cfg, results_dir, device=dev, fast=fast)
+            if problem:
+                raise ResumeRefused(problem)
     det = (dev.type == "cpu") if deterministic is None else bool(deterministic)
     runner = _Run(cfg, rdir, chash, data_root=data_root, cache_dir=cache_dir, device=dev, threads=threads,
                   progress=progress, eval_batch_size=eval_batch_size, profile=profile, fast=fast)
     with _runtime(dev, threads, det):
         return runner.run()
+
+
+def _resolve_data(cfg: RunConfig, data_root: Any, cache_dir: Any) -> RunConfig:
+    from engine.data import DataError, data_fingerprint
+
+    if cfg.dataset == "synthetic":
+        return cfg
+    fp = data_fingerprint(cfg.dataset, cfg.protocol, data_root, cache_dir)
+    if not cfg.data:
+        return dataclasses.replace(cfg, data=fp.id)
+    if cfg.data != fp.id:
+        raise DataError(f"{fp.root}: {cfg.dataset} data fingerprint is {fp.id}, but the run config names "
+                        f"{cfg.data}; point --data-root at the data the run was defined on, or leave `data` empty",
+                        fp.root)
+    return cfg
+
+
+def uses_fast_path(model: nn.Module | str, device: str | torch.device, request: bool | None = None) -> bool:
+    """Whether a run trains through :func:`engine.fast.make_fast` (default: EGE-UNet models on the CPU)."""
+    if request is not None:
+        return bool(request)
+    from egeunet.model import EGEUNet
+
+    if isinstance(model, str):
+        from egeunet.registry import get_entry
+
+        return torch.device(device).type == "cpu" and get_entry(model).family == "egeunet"
+    return torch.device(device).type == "cpu" and isinstance(model, EGEUNet)
+
+
+def resume_conflict(cfg: RunConfig, results_dir: str | os.PathLike, *, device: str | torch.device = "cpu",
+                    fast: bool | None = None) -> str | None:
+    """Why the unfinished record of ``cfg`` (data resolved) cannot resume here, or None.
+
+    The session that started the run (``env.json`` ``sessions[0]``) fixes the device type, precision mode,
+    numerics version and path; any difference, a record from before these were recorded, or an unreadable
+    ``latest.pt`` is a conflict. A finished or absent record has none.
+    """
+    from engine.numerics import precision_mode, resume_key
+
+    rdir = record_dir_for(results_dir, cfg.config_hash())
+    if read_status(rdir) is not None or not rdir.exists():
+        return None
+    latest = rdir / "checkpoints" / "latest.pt"
+    if not latest.exists():
+        return None  # nothing trained yet: starting over loses nothing
+    try:
+        torch.load(latest, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable checkpoint
+        return (f"run {rdir.name}: checkpoint {latest} cannot be read ({type(e).__name__}); "
+                f"rerun with --restart to start this run over")
+    sessions = _read_json_or_empty(rdir / "env.json").get("sessions") or []
+    first = sessions[0] if sessions and isinstance(sessions[0], dict) else {}
+    want = resume_key(device, precision_mode(device, cfg.resolved_recipe().amp),
+                      uses_fast_path(cfg.model, device, fast))
+    diffs = [f"{k} {first.get(k)!r} -> {v!r}" for k, v in want.items() if first.get(k) != v]
+    if not diffs:
+        return None
+    return (f"run {rdir.name} ({cfg.model} seed {cfg.seed}) started with other numerics: {'; '.join(diffs)}; "
+            f"resume it where it started, or rerun with --restart to start it over")
 
 
 def _read_json_or_empty(path: Path) -> dict[str, Any]:
@@ -418,6 +509,7 @@ class _Run:
         self.fast_request = fast
         self.use_fast = False
         self.use_amp = self.recipe.amp and device.type == "cuda"
+        self.precision = precision_mode(device, self.use_amp)
         self.ckpt_dir = rdir / "checkpoints"
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] = {"epoch": None, "value": None, "state": None}
@@ -441,13 +533,15 @@ class _Run:
         prev = _read_json_or_empty(path)
         env = collect_env(self.device, self.threads)
         sessions = list(prev.get("sessions", []))
-        sessions.append({"time_utc": env["time_utc"], "hostname": env["hostname"], "device": env["device"],
+        key = resume_key(self.device, self.precision, self.use_fast)
+        sessions.append({**key, "time_utc": env["time_utc"], "hostname": env["hostname"], "device": env["device"],
                          "threads": env["threads"], "git_commit": env["git_commit"], "git_dirty": env["git_dirty"],
                          "start_epoch": start_epoch, "fast_path": self.use_fast, "amp": self.use_amp,
                          "fused_kernels": self.use_fast and self.device.type == "cpu" and _fastops.active()})
         env["sessions"] = sessions
         env["deterministic_algorithms"] = torch.are_deterministic_algorithms_enabled()
         env["amp"] = self.use_amp
+        env.update(key)
         env["fast_path"] = self.use_fast
         env["fused_kernels"] = sessions[-1]["fused_kernels"]
         atomic_write_json(path, env)
@@ -516,13 +610,9 @@ class _Run:
 
     def _fast_views(self) -> tuple[nn.Module, nn.Module]:
         """The modules that train and evaluate: the model itself, or fast-path views sharing its parameters."""
-        from egeunet.model import EGEUNet
         from engine.fast import make_fast
 
-        fast = self.fast_request
-        if fast is None:
-            fast = self.device.type == "cpu" and isinstance(self.model, EGEUNet)
-        self.use_fast = bool(fast)
+        self.use_fast = uses_fast_path(self.model, self.device, self.fast_request)
         if not self.use_fast:
             return self.model, self.model
         # evaluation keeps the side outputs: the validation loss that selects the checkpoint is the training loss
@@ -532,7 +622,11 @@ class _Run:
         path = self.ckpt_dir / "latest.pt"
         if not path.exists():
             return 0
-        ck = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            ck = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - truncated or corrupt file
+            raise ResumeRefused(f"run {self.chash}: checkpoint {path} cannot be read ({type(e).__name__}); rerun "
+                                f"with --restart to start this run over") from None
         if ck.get("config_hash") != self.chash:
             raise RuntimeError(f"{path} belongs to run {ck.get('config_hash')}, not {self.chash}")
         self.model.load_state_dict(ck["model"])

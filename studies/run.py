@@ -81,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     seeds.add_argument("--seeds", type=int, metavar="N", help="run seeds 0..N-1 (default: the suite's; 1 at smoke)")
     seeds.add_argument("--seed-list", metavar="S,S,...", help="explicit seeds, e.g. 0,3,7")
     p.add_argument("--variants", metavar="M,M,...", help="run only these variants of the suite (model names)")
+    p.add_argument("--restart", action="store_true",
+                   help="start the selected unfinished runs over, discarding their partial state (needed when "
+                        "a run cannot resume here: other device, precision, numerics version or a bad checkpoint)")
     p.add_argument("--retry-failed", action="store_true",
                    help="run again the runs that failed in an earlier invocation (default: report them as failed)")
     p.add_argument("--data-root", metavar="PATH", help="data folder (default: $EGEUNET_DATA or ../shared/data)")
@@ -322,7 +325,8 @@ def _run(args: argparse.Namespace, console: Console) -> int:
     if not args.dry_run and args.executor != "ray":  # a Ray driver need not have the workers' GPUs
         _check_device(args.device)
 
-    configs = [store.make_config(s) for s in specs]
+    fingerprints: dict[tuple[str, str], str] = {}
+    configs = [store.make_config(s, root, fingerprints) for s in specs]
     hashes = [store.config_hash(c) for c in configs]
     specs_by_hash = dict(zip(hashes, specs))
     synthetic = any(s.dataset == "synthetic" for s in specs)
@@ -333,6 +337,8 @@ def _run(args: argparse.Namespace, console: Console) -> int:
     if args.dry_run:
         return _dry_run(console, suite.name, specs, hashes, results, args.retry_failed)
 
+    if not args.restart:
+        _refuse_conflicts(configs, results, args)
     threads = args.threads or (args.workers if budget == "smoke" else None)
     try:
         if args.executor == "ray":
@@ -351,7 +357,8 @@ def _run(args: argparse.Namespace, console: Console) -> int:
     ])
     tasks = [
         RunTask(config=c, config_hash=h, results_dir=str(results), label=_label(s), data_root=root,
-                device=args.device, session_start=session_start, retry_failed=args.retry_failed, fast=args.fast)
+                device=args.device, session_start=session_start, retry_failed=args.retry_failed, fast=args.fast,
+                restart=args.restart)
         for s, c, h in zip(specs, configs, hashes)
     ]
     already = sum(store.is_done(store.run_dir(results, h)) for h in hashes)
@@ -415,6 +422,16 @@ def _run(args: argparse.Namespace, console: Console) -> int:
     if synthetic:
         console.print("[bold yellow on red] NOTE: SYNTHETIC DATA in this suite's runs: not skin-lesion results [/]")
     return 1 if counts["failed"] else 0
+
+
+def _refuse_conflicts(configs: list[Any], results: str, args: argparse.Namespace) -> None:
+    """Exit 2 before anything runs when an unfinished run cannot resume on this device / precision / numerics."""
+    from engine.train import resume_conflict
+
+    for cfg in configs:
+        problem = resume_conflict(cfg, results, device=args.device, fast=args.fast)
+        if problem:
+            raise UsageError(problem)
 
 
 def _measure_latencies(console: Console, results: str, outcomes: list[Any], specs_by_hash: dict[str, RunSpec],

@@ -66,6 +66,9 @@ TABLE_COLUMNS = (
     "status",
     "reason",
     "config_hash",
+    "data",
+    "numerics_version",
+    "precision",
     "commit",
     "synthetic",
 )
@@ -73,10 +76,17 @@ TABLE_COLUMNS = (
 # ----------------------------------------------------------------------------------------- engine glue
 
 
-def make_config(spec: RunSpec) -> Any:
-    """The engine's ``RunConfig`` of one suite run (the recipe follows from the budget)."""
+def make_config(spec: RunSpec, data_root: str | os.PathLike | None = None,
+                fingerprints: dict[tuple[str, str], str] | None = None) -> Any:
+    """The engine's ``RunConfig`` of one suite run (the recipe follows from the budget; ``data`` is the
+    fingerprint of the dataset under ``data_root``, computed once per (dataset, protocol) into ``fingerprints``)."""
+    from engine.data import data_fingerprint
     from engine.train import RunConfig
 
+    memo = fingerprints if fingerprints is not None else {}
+    key = (spec.dataset, spec.protocol)
+    if key not in memo:
+        memo[key] = data_fingerprint(spec.dataset, spec.protocol, data_root).id
     return RunConfig(
         model=spec.model,
         model_overrides={},
@@ -84,6 +94,7 @@ def make_config(spec: RunSpec) -> Any:
         protocol=spec.protocol,
         budget=spec.budget,
         seed=spec.seed,
+        data=memo[key],
     )
 
 
@@ -408,7 +419,11 @@ def record_row(record: Path) -> dict[str, Any]:
     commit = _pick(env, "git_commit", "commit")
     if commit is not None and env.get("git_dirty"):
         commit = f"{commit}+dirty"
+    config = _read_json(record / "config.json")
     row.update(
+        data=config.get("data") or None,
+        numerics_version=env.get("numerics_version"),
+        precision=env.get("precision"),
         params=int(params) if params is not None else None,
         gmacs=_as_float(thop) / 1e9 if thop is not None else math.nan,
         flop_counter_gmacs=_as_float(fc_flops) / 2e9 if fc_flops is not None else math.nan,
@@ -490,8 +505,9 @@ def build_table(results: str | os.PathLike, suite: Suite | str) -> pd.DataFrame:
     for c in ("gmacs", "flop_counter_gmacs", "latency_ms", "wall_s", *METRIC_COLUMNS):
         df[c] = pd.to_numeric(df[c], errors="coerce").astype("float64")
     df["synthetic"] = df["synthetic"].astype("boolean")
+    df["numerics_version"] = pd.to_numeric(df["numerics_version"], errors="coerce").astype("Int64")
     for c in ("suite", "variant", "model", "dataset", "protocol", "budget", "status", "reason",
-              "config_hash", "commit"):
+              "config_hash", "data", "precision", "commit"):
         df[c] = df[c].astype("string")
     return df
 

@@ -14,10 +14,11 @@ Modules: ``layouts`` (folder layouts, discovery, pairing rules), ``decode`` (ima
 
 from .augment import augment_batch, draw_run_angle, normalise
 from .errors import DataError, DataWarning
+from .fingerprint import DataFingerprint, data_fingerprint
 from .loader import SegArrays, data_root, dataset_available, list_datasets, load_split
 from .splits import check_eval_allowed
 
 __all__ = [
     "load_split", "SegArrays", "data_root", "dataset_available", "DataError", "DataWarning",
-    "check_eval_allowed", "normalise", "augment_batch", "draw_run_angle", "list_datasets",
+    "check_eval_allowed", "data_fingerprint", "DataFingerprint", "normalise", "augment_batch", "draw_run_angle", "list_datasets",
 ]

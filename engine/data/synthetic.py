@@ -20,6 +20,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw
 
+#: bump when the generator draws different images for the same (seed, split, index, size)
+GENERATOR_VERSION = 1
 SPLIT_CODES = {"train": 1, "val": 2, "test": 3}
 DEFAULT_COUNTS = {"train": 64, "val": 16, "test": 32}
 

@@ -47,6 +47,7 @@ class RunTask:
     session_start: float = field(default_factory=time.time)  # a failure recorded after this is a peer's
     retry_failed: bool = False  # run again a run that failed in an earlier session (its record moved aside)
     fast: bool | None = None  # engine fast path (None = the engine's default: EGE-UNet on CPU)
+    restart: bool = False  # discard an unfinished record's partial state and start the run over
 
 
 @dataclass(frozen=True)
@@ -148,6 +149,7 @@ def _train(task: RunTask, progress: ProgressCallback | None) -> RunOutcome:
             threads=task.threads,
             progress=progress if progress is not None else False,  # no engine bars inside a suite
             fast=task.fast,
+            restart=task.restart,
         )
     except Exception as e:  # noqa: BLE001 - one failed run must not stop the suite
         tb = traceback.extract_tb(e.__traceback__)

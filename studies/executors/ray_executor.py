@@ -562,7 +562,8 @@ def _ray_train(task: RunTask, staging: str | None, seed_files: dict[str, bytes] 
 
         try:
             res = run_training(task.config, staging, data_root=task.data_root, device=_worker_device(task.device),
-                               threads=task.threads, progress=False, fast=task.fast)
+                               threads=task.threads, progress=False, fast=task.fast,
+                               restart=task.restart)
         except Exception as e:  # noqa: BLE001 - a run's own error is its outcome, not a reason to retry
             tb = traceback.extract_tb(e.__traceback__)
             where = f" at {tb[-1].filename.rsplit('/', 1)[-1]}:{tb[-1].lineno}" if tb else ""
