@@ -1,0 +1,259 @@
+"""Audit committed results: ``python -m studies.audit [--results DIR] [--strict]``.
+
+Checks every run record under ``<results>/runs/`` and every suite table ``<results>/<suite>/results.csv``:
+
+* **complete**: a finished record holds config, env, history (all epochs of its recipe), metrics, per-image
+  counts, complexity and ``status.json`` = done;
+* **recompute**: the test metrics in ``metrics.json`` equal those recomputed from the stored per-image counts
+  (``engine.metrics.summarize``), and each per-image DSC / IoU equals its counts;
+* **one device**: no run resumed on another device type, precision mode, numerics version or path;
+* **clean**: every session of every run was launched from a clean checkout of a named commit;
+* **one numerics** per table: a single device type, precision mode and numerics version in each table;
+* **traceable**: every table row names a record, and the row's numbers equal the record's;
+* **seeds**: the seeds of each table cell against the suite's declared count (a warning; an error with
+  ``--strict``).
+
+Exit status: 0 no violation, 1 a violation (or a seed shortfall under ``--strict``), 2 bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import sys
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+PROG = "python -m studies.audit"
+_RTOL = 1e-9
+_SUMMARY = ("pooled_miou", "pooled_dsc", "pooled_acc", "pooled_sen", "pooled_spe", "per_image_dsc_mean",
+            "per_image_dsc_std", "per_image_iou_mean", "per_image_iou_std", "isic_tjaccard")
+_REQUIRED = ("config.json", "env.json", "history.csv", "metrics.json", "per_image.csv", "complexity.json",
+             "status.json")
+_RESUME_KEYS = ("device_type", "precision", "numerics_version", "path")
+
+
+@dataclass
+class Finding:
+    """One audit finding: ``where`` (a record or table), ``check`` name, message; warnings do not fail."""
+
+    where: str
+    check: str
+    message: str
+    warning: bool = False
+
+
+@dataclass
+class RunFacts:
+    """What the table-level checks need from one record."""
+
+    config_hash: str
+    device_type: str | None
+    precision: str | None
+    numerics_version: Any
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def _close(a: Any, b: Any) -> bool:
+    try:
+        fa, fb = float(a), float(b)
+    except (TypeError, ValueError):
+        return False
+    if math.isnan(fa) and math.isnan(fb):
+        return True
+    return abs(fa - fb) <= _RTOL * max(1.0, abs(fa), abs(fb))
+
+
+def _session_value(session: dict[str, Any], key: str) -> Any:
+    """A session's resume key; device type and precision are derived for records that predate them."""
+    if session.get(key) is not None:
+        return session[key]
+    device = session.get("device")
+    if key == "device_type" and device:
+        return str(device).split(":")[0]
+    if key == "precision" and device and "amp" in session:
+        return "amp-fp16" if session["amp"] else ("fp32" if str(device).startswith("cpu") else None)
+    return None
+
+
+def audit_record(rec: Path) -> tuple[list[Finding], RunFacts | None]:
+    """Findings for one run record, and its facts when it is a finished, readable run."""
+    from engine.metrics import per_image_metrics, summarize
+    from engine.record import load_record
+
+    name = f"runs/{rec.name}"
+    out: list[Finding] = []
+    missing = [f for f in _REQUIRED if not (rec / f).is_file()]
+    if not (rec / "status.json").is_file():
+        return [Finding(name, "complete", "unfinished (running or interrupted): no table reads it until it is done",
+                        warning=True)], None
+    r = load_record(rec)
+    if r.status is None or r.status.get("status") != "done":
+        reason = (r.status or {}).get("reason")
+        return [Finding(name, "complete", f"run status is {(r.status or {}).get('status')!r} ({reason})")], None
+    if missing:
+        out.append(Finding(name, "complete", f"missing {', '.join(missing)}"))
+        return out, None
+    cfg, env, metrics = r.config or {}, r.env or {}, r.metrics or {}
+    epochs = (cfg.get("recipe") or {}).get("epochs")
+    if epochs is not None and len(r.history) != int(epochs):
+        out.append(Finding(name, "complete", f"history has {len(r.history)} epochs, the recipe {epochs}"))
+
+    test_rows = [row for row in r.per_image if row.get("split") == "test" and row.get("dataset") == cfg.get("dataset")]
+    test = metrics.get("test") or {}
+    if not test_rows:
+        out.append(Finding(name, "recompute", "per_image.csv holds no test rows"))
+    else:
+        counts = np.array([[int(row[k]) for k in ("tn", "fp", "fn", "tp")] for row in test_rows], dtype=np.int64)
+        again = summarize(counts)
+        bad = [k for k in _SUMMARY if not _close(again[k], test.get(k))]
+        if bad:
+            k = bad[0]
+            out.append(Finding(name, "recompute", f"{len(bad)} test metric(s) differ from the per-image counts "
+                                                  f"(first: {k} stored {test.get(k)} vs recomputed {again[k]})"))
+        per = per_image_metrics(counts)
+        stored_dsc = np.array([float(row["dsc"]) for row in test_rows])
+        stored_iou = np.array([float(row["iou"]) for row in test_rows])
+        n_bad = int((~np.isclose(stored_dsc, per["dsc"], rtol=1e-9, atol=1e-12)).sum()
+                    + (~np.isclose(stored_iou, per["iou"], rtol=1e-9, atol=1e-12)).sum())
+        if n_bad:
+            out.append(Finding(name, "recompute", f"{n_bad} per-image dsc/iou value(s) differ from their counts"))
+
+    sessions = [s for s in env.get("sessions") or [] if isinstance(s, dict)]
+    if not sessions:
+        out.append(Finding(name, "one device", "env.json lists no sessions"))
+    first = sessions[0] if sessions else {}
+    for key in _RESUME_KEYS:
+        values = [_session_value(s, key) for s in sessions]
+        if any(v is None for v in values):
+            out.append(Finding(name, "one device", f"a session does not record {key} (record predates it)"))
+        elif len(set(map(str, values))) > 1:
+            out.append(Finding(name, "one device", f"resumed across {key}: {' -> '.join(map(str, values))}"))
+    for i, s in enumerate(sessions):
+        if not s.get("git_commit"):
+            out.append(Finding(name, "clean", f"session {i} names no commit"))
+        elif s.get("git_dirty") is not False:
+            out.append(Finding(name, "clean", f"session {i} ran on uncommitted code ({str(s['git_commit'])[:10]}, "
+                                              f"git_dirty {s.get('git_dirty')})"))
+    facts = RunFacts(rec.name, _session_value(first, "device_type"), _session_value(first, "precision"),
+                     first.get("numerics_version"),
+                     {k: float(test[k]) for k in _SUMMARY if isinstance(test.get(k), (int, float))})
+    return out, facts
+
+
+def audit_table(results: Path, csv_path: Path, facts: dict[str, RunFacts], strict: bool
+                ) -> tuple[list[Finding], dict[str, Any]]:
+    """Findings for one suite table, and a summary line for the report."""
+    from studies.suites import SUITES
+
+    suite = csv_path.parent.name
+    where = f"{suite}/results.csv"
+    out: list[Finding] = []
+    try:
+        df = pd.read_csv(csv_path, dtype={"config_hash": str})
+    except (OSError, ValueError) as e:
+        return [Finding(where, "traceable", f"cannot read the table: {e}")], {"suite": suite}
+    rows = [r for _, r in df.iterrows()]
+    used: list[RunFacts] = []
+    for r in rows:
+        h = str(r.get("config_hash"))
+        f = facts.get(h)
+        if f is None:
+            state = "missing" if not (results / "runs" / h).exists() else "not a finished, complete record"
+            out.append(Finding(where, "traceable", f"row {r.get('variant')} seed {r.get('seed')}: record {h} {state}"))
+            continue
+        used.append(f)
+        bad = [k for k in _SUMMARY if k in r and k in f.metrics and not _close(r[k], f.metrics[k])]
+        if bad:
+            out.append(Finding(where, "traceable", f"row {h}: {bad[0]} {r[bad[0]]} differs from its record "
+                                                   f"({f.metrics[bad[0]]})"))
+    for key in ("device_type", "precision", "numerics_version"):
+        values = sorted({str(getattr(f, key)) for f in used})
+        if len(values) > 1:
+            out.append(Finding(where, "one numerics", f"table mixes {key}: {', '.join(values)}"))
+    declared = SUITES[suite].seeds if suite in SUITES else None
+    cells = df.groupby(["variant", "dataset"])["seed"].nunique() if len(df) else pd.Series(dtype=int)
+    if declared is not None:
+        short = cells[cells < declared]
+        if len(short):
+            out.append(Finding(where, "seeds", f"{len(short)} of {len(cells)} cell(s) have fewer than the declared "
+                                               f"{declared} seeds (min {int(cells.min())})", warning=not strict))
+    summary = {
+        "suite": suite, "rows": len(df),
+        "seeds": "-" if not len(cells) else (f"{int(cells.min())}" if cells.min() == cells.max()
+                                              else f"{int(cells.min())}-{int(cells.max())}"),
+        "declared": declared if declared is not None else "-",
+        "device": ",".join(sorted({str(f.device_type) for f in used})) or "-",
+        "numerics": ",".join(sorted({f"{f.precision}/v{f.numerics_version}" for f in used})) or "-",
+    }
+    return out, summary
+
+
+def audit(results: Path, strict: bool = False) -> tuple[list[Finding], list[dict[str, Any]], int]:
+    """All findings for a results folder, the per-table summaries, and the number of records checked."""
+    findings: list[Finding] = []
+    facts: dict[str, RunFacts] = {}
+    records = sorted(p for p in (results / "runs").iterdir() if p.is_dir()) if (results / "runs").is_dir() else []
+    for rec in records:
+        f, fact = audit_record(rec)
+        findings += f
+        if fact is not None and not any(x.check == "complete" for x in f):
+            facts[rec.name] = fact
+    summaries = []
+    for csv_path in sorted(results.glob("*/results.csv")):
+        f, s = audit_table(results, csv_path, facts, strict)
+        findings += f
+        summaries.append(s)
+    return findings, summaries, len(records)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description="Check every run record and suite table of a results "
+                                "folder: complete, recomputable, single-device, clean, traceable, seeds.",
+                                epilog="exit status: 0 clean; 1 a violation (seed shortfalls only with --strict); "
+                                       "2 bad arguments")
+    p.add_argument("--results", default="results", metavar="DIR", help="results folder (default: results/)")
+    p.add_argument("--strict", action="store_true", help="a table cell with fewer seeds than declared is an error")
+    p.add_argument("--format", choices=("text", "json"), default="text", help="output format (default: text)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    results = Path(args.results)
+    if not results.is_dir():
+        print(f"{PROG}: error: --results {results} is not a folder", file=sys.stderr)
+        return 2
+    findings, summaries, n_records = audit(results, args.strict)
+    errors = [f for f in findings if not f.warning]
+    if args.format == "json":
+        print(json.dumps({"records": n_records, "tables": summaries,
+                          "findings": [f.__dict__ for f in findings]}, indent=1, default=str))
+        return 1 if errors else 0
+    print(f"audit of {results}/: {n_records} run records, {len(summaries)} tables")
+    if summaries:
+        cols = ("suite", "rows", "seeds", "declared", "device", "numerics")
+        widths = {c: max(len(c), *(len(str(s.get(c, "-"))) for s in summaries)) for c in cols}
+        print("  ".join(c.ljust(widths[c]) for c in cols))
+        for s in summaries:
+            print("  ".join(str(s.get(c, "-")).ljust(widths[c]) for c in cols))
+    grouped: dict[tuple[bool, str], list[str]] = {}
+    for f in findings:  # one line per record or table and severity
+        grouped.setdefault((f.warning, f.where), []).append(f"[{f.check}] {f.message}")
+    width = shutil.get_terminal_size((80, 24)).columns
+    for (warning, where), msgs in grouped.items():
+        text = f"{'warning' if warning else 'ERROR'} {where}: {'; '.join(msgs)}"
+        print(textwrap.fill(text, width=max(40, width), subsequent_indent="    "))
+    print(f"{len(errors)} violation(s), {len(findings) - len(errors)} warning(s)")
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
