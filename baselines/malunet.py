@@ -2,7 +2,7 @@
 
 Channel list (8, 16, 24, 32, 48, 64), split-attention mode "fc", bridge on. The original ends
 in a sigmoid; under the suite contract this model returns **logits** and the engine applies
-the sigmoid (:func:`egeunet.contract.predict_proba`).
+the sigmoid (:func:`zoo.contract.predict_proba`).
 
 Tied external-attention weights (MODELS.md §4.4). In the original, the 4C->C ``Conv1d`` weight
 of every inverted-external-attention block is a *permuted view* of the C->4C ``Conv1d``
@@ -39,8 +39,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from baselines._common import check_sides, normal_fan_out_, trunc_normal_linear_
-from egeunet.contract import SegOutput
-from egeunet.registry import register_model
+from zoo.contract import SegOutput
+from zoo.registry import register_model
 
 TIE_MODES = ("alias", "single")
 WIDTHS = (8, 16, 24, 32, 48, 64)

@@ -45,8 +45,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from baselines._common import check_sides, trunc_normal_linear_
-from egeunet.contract import SegOutput
-from egeunet.registry import register_model
+from zoo.contract import SegOutput
+from zoo.registry import register_model
 
 PATCH = 16
 

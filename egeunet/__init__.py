@@ -1,10 +1,10 @@
 """EGE-UNet and its ablation variants (models only: nothing here knows about training)."""
 
-from egeunet.contract import SegOutput, as_seg_output, loss_weights_of, predict_proba
+from zoo.contract import SegOutput, as_seg_output, loss_weights_of, predict_proba
 from egeunet.layers import GAB, GHPA, LayerNormCF
 from egeunet.model import EGEUNet, EGEUNetConfig, expected_params, scaled_widths
 from egeunet.official import OfficialCheckpointError, load_official_state_dict
-from egeunet.registry import create_model, get_entry, list_models, register_model
+from zoo.registry import create_model, get_entry, list_models, register_model
 
 __all__ = [
     "EGEUNet", "EGEUNetConfig", "GAB", "GHPA", "LayerNormCF", "OfficialCheckpointError", "SegOutput",

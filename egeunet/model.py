@@ -9,7 +9,7 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from egeunet.contract import SegOutput
+from zoo.contract import SegOutput
 from egeunet.layers import GAB, GHPA, LayerNormCF, gab_params, ghpa_params, up
 
 OFFICIAL_BRANCHES = ("xy", "zx", "zy", "dw")
@@ -129,7 +129,7 @@ def expected_params(cfg: EGEUNetConfig) -> int:
 
 
 class EGEUNet(nn.Module):
-    """EGE-UNet; returns :class:`~egeunet.contract.SegOutput` (final logits, side-output logits).
+    """EGE-UNet; returns :class:`~zoo.contract.SegOutput` (final logits, side-output logits).
 
     Side outputs are ordered deepest (p5) to shallowest (p1), all at input resolution;
     ``loss_weights`` = ``(final_weight, *ds_weights)`` (or ``(final_weight,)`` without

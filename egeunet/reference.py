@@ -10,7 +10,7 @@ Parameter names and order are the official ones (MODELS.md §1.8), the same as
     ref = ReferenceEGEUNet()
     ref.load_state_dict(EGEUNet().state_dict())          # and the other way round
 
-Like every model of the suite it returns :class:`~egeunet.contract.SegOutput` with logits
+Like every model of the suite it returns :class:`~zoo.contract.SegOutput` with logits
 (no sigmoid): ``logits`` = z at input resolution, ``aux`` = (p5, p4, p3, p2, p1) deepest first.
 """
 
@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from egeunet.contract import SegOutput
+from zoo.contract import SegOutput
 
 WIDTHS = (8, 16, 24, 32, 48, 64)
 DILATIONS = (1, 2, 5, 7)

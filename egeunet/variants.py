@@ -11,7 +11,7 @@ from typing import Any
 from torch import nn
 
 from egeunet.model import EGEUNet, EGEUNetConfig, expected_params, scaled_widths
-from egeunet.registry import register_model
+from zoo.registry import register_model
 
 # name -> (switches, description); switches are EGEUNetConfig fields.
 VARIANTS: dict[str, tuple[dict[str, Any], str]] = {

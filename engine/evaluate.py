@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from egeunet.contract import as_seg_output, loss_weights_of
+from zoo.contract import as_seg_output, loss_weights_of
 from engine.losses import model_loss
 from engine.metrics import confusion_counts, per_image_metrics, summarize
 
@@ -130,7 +130,7 @@ def parse_eval_target(target: str) -> tuple[str, str]:
 def load_model(record_dir: str | os.PathLike, checkpoint: str = "best", map_location: str | torch.device = "cpu"
                ) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a stored run's model from ``config.json`` and load ``checkpoints/<checkpoint>.pt``."""
-    from egeunet.registry import create_model
+    from zoo.registry import create_model
     from engine.record import read_json
 
     d = Path(record_dir)

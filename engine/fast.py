@@ -3,7 +3,7 @@
 ``make_fast(model, mode="train"|"infer")`` wraps a model (any :class:`egeunet.model.EGEUNet`
 configuration; other models get the generic parts) in a module that *shares* its parameters (and
 their names: ``state_dict`` keys are the plain model's) and returns the same
-:class:`~egeunet.contract.SegOutput`. Nothing computed changes; only how:
+:class:`~zoo.contract.SegOutput`. Nothing computed changes; only how:
 
 1. **Channels-last** activations: oneDNN's thin and depth-wise convolutions are 3-12x faster in
    NHWC than in NCHW; 1x1 convolutions run as one GEMM (``F.linear`` on the NHWC view).
@@ -84,7 +84,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from egeunet.contract import SegOutput, as_seg_output
+from zoo.contract import SegOutput, as_seg_output
 from engine import _fastops
 from egeunet.layers import GAB, GHPA, LayerNormCF
 from egeunet.model import EGEUNet

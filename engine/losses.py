@@ -1,6 +1,6 @@
 """Losses of the official recipe (PROTOCOL §4): BceDice and the deep-supervised GT-BceDice.
 
-Every model returns logits (:class:`egeunet.contract.SegOutput`); the sigmoid is applied here.
+Every model returns logits (:class:`zoo.contract.SegOutput`); the sigmoid is applied here.
 
 BCE is computed with :func:`torch.nn.functional.binary_cross_entropy_with_logits` (mean over all
 elements of the batch). It equals the official ``nn.BCELoss()(sigmoid(x), t)`` except where the
@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from egeunet.contract import SegOutput, as_seg_output
+from zoo.contract import SegOutput, as_seg_output
 from engine import _fastops
 
 __all__ = ["BceDice", "bce_dice", "model_loss"]

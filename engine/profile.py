@@ -122,7 +122,7 @@ def _input(batch: int, in_channels: int, hw: tuple[int, int], device: str | torc
 
 def _resolve(model_or_name: nn.Module | str, name: str | None) -> tuple[nn.Module, str, str | None]:
     if isinstance(model_or_name, str):
-        from egeunet.registry import create_model, get_entry
+        from zoo.registry import create_model, get_entry
 
         entry = get_entry(model_or_name)
         return create_model(model_or_name), model_or_name, entry.family

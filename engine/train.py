@@ -61,7 +61,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
-from egeunet.contract import as_seg_output, loss_weights_of
+from zoo.contract import as_seg_output, loss_weights_of
 from engine import _fastops
 from engine.env import capture_rng, collect_env, derived_seed, restore_rng, seed_everything
 from engine.evaluate import (
@@ -445,7 +445,7 @@ def uses_fast_path(model: nn.Module | str, device: str | torch.device, request: 
     from egeunet.model import EGEUNet
 
     if isinstance(model, str):
-        from egeunet.registry import get_entry
+        from zoo.registry import get_entry
 
         return torch.device(device).type == "cpu" and get_entry(model).family == "egeunet"
     return torch.device(device).type == "cpu" and isinstance(model, EGEUNet)
@@ -559,7 +559,7 @@ class _Run:
             raise RuntimeError(f"{cfg.dataset} train split is empty")
 
     def _build(self) -> None:
-        from egeunet.registry import create_model
+        from zoo.registry import create_model
 
         r, cfg = self.recipe, self.cfg
         seed_everything(cfg.seed)
@@ -813,7 +813,7 @@ class _Run:
                          resumed_from_epoch=self.resumed_from)
 
     def _complexity(self) -> dict[str, Any]:
-        from egeunet.registry import create_model
+        from zoo.registry import create_model
 
         model = create_model(self.cfg.model, **self.cfg.model_overrides)
         params = sum(p.numel() for p in model.parameters())

@@ -50,7 +50,7 @@ def resolve_models(names: Sequence[str] | None, default: Sequence[str] = ("egeun
     ``?`` or ``[`` is a glob over the registered names. Order is kept, duplicates dropped.
     Raises :class:`UnknownModels` (message lists the valid names) for names that match nothing.
     """
-    from egeunet.registry import list_models
+    from zoo.registry import list_models
 
     registered = list_models()
     wanted = list(names) if names else list(default)

@@ -61,7 +61,7 @@ def _loss_fn() -> Callable[[Any, Tensor, tuple[float, ...]], Tensor]:
         from engine.losses import model_loss
         return model_loss
     except ImportError:  # the engine's losses are not there: the same GT-BceDice, locally
-        from egeunet.contract import as_seg_output
+        from zoo.contract import as_seg_output
 
         def model_loss(out: Any, y: Tensor, weights: tuple[float, ...], fused: bool = False) -> Tensor:
             o = as_seg_output(out)

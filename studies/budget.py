@@ -96,7 +96,7 @@ def budget_for(name: str, max_params: int | None, max_macs: int | None) -> Budge
         return Budget(params=max_params, thop_macs=max_macs, exact=False, source="command line")
     if name in KNOWN_BUDGETS:
         return KNOWN_BUDGETS[name]
-    from egeunet.registry import get_entry
+    from zoo.registry import get_entry
 
     e = get_entry(name)
     return Budget(params=e.params, thop_macs=e.thop_macs, exact=True, macs_rel_tol=e.macs_rel_tol,
@@ -118,7 +118,7 @@ def gate(names: Sequence[str], max_params: int | None = None, max_macs: int | No
     """Count params and legacy-thop MACs (batch 1) of each model and check it against its budget."""
     import torch
 
-    from egeunet.registry import create_model
+    from zoo.registry import create_model
     from engine.profile import count_params, count_thop
 
     x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))

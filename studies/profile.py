@@ -8,7 +8,7 @@ One row per model (see :func:`engine.profile.profile_model`): parameters, MACs b
 in KiB at fp32/fp16, latency at batch 1 (median and IQR) and throughput at batch 16. The CSV
 (default ``results/profile/profile.csv``) is written atomically. Unknown model names exit 2 with
 one line listing the valid names; a model that fails to profile is reported and exits 1.
-Models come only from the registry (``egeunet.registry``; baselines register on import).
+Models come only from the registry (``zoo.registry``; baselines register on import).
 """
 
 from __future__ import annotations

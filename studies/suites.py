@@ -1,6 +1,6 @@
 """Study suites as short declarative tables: variants x datasets x seeds.
 
-A suite names registered models (``egeunet.registry``) and, optionally, a label for each (the macro
+A suite names registered models (``zoo.registry``) and, optionally, a label for each (the macro
 ablation calls ``egeunet_no_gab`` "+GHPA"). Expansion gives one :class:`RunSpec` per
 (variant, dataset, seed); the run itself is identified by the engine's config hash, so a run that two
 suites share (``egeunet`` on ISIC2018 with seed 0 is in every ablation) is trained once.
@@ -175,7 +175,7 @@ def expand(
 
 def check_models_registered(models: Iterable[str]) -> None:
     """Raise :class:`SuiteError` naming the first model the registry does not know, with the valid list."""
-    from egeunet.registry import list_models
+    from zoo.registry import list_models
 
     known = set(list_models())
     for m in models:

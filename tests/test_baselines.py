@@ -21,8 +21,8 @@ from baselines.malunet import IEA, MALUNet, malunet_part_params
 from baselines.transfuse import TransFuse, TransFuseConfig, transfuse_part_params
 from baselines.unet import UNet32, unet32_part_params
 from baselines.unext import UNeXt, UNeXtConfig, shift_tokens, unext_part_params
-from egeunet.contract import predict_proba
-from egeunet.registry import create_model, get_entry
+from zoo.contract import predict_proba
+from zoo.registry import create_model, get_entry
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -12,10 +12,10 @@ import math
 import pytest
 import torch
 
-from egeunet.contract import as_seg_output
+from zoo.contract import as_seg_output
 from egeunet.model import EGEUNet
 from egeunet.reference import ReferenceEGEUNet
-from egeunet.registry import create_model, list_models
+from zoo.registry import create_model, list_models
 from engine.fast import make_fast
 from engine.train import run_training
 

@@ -14,7 +14,7 @@ from torch import nn
 
 from egeunet import EGEUNet, EGEUNetConfig, SegOutput, expected_params, predict_proba, scaled_widths
 from egeunet.layers import BRANCH_TYPES, GAB, GHPA, LayerNormCF, gab_params, ghpa_params
-from egeunet.registry import create_model, get_entry, list_models
+from zoo.registry import create_model, get_entry, list_models
 
 REF_PARAMS = 53_374
 REF_THOP_MACS = {224: 55_200_852, 256: 72_096_256, 512: 288_345_600}

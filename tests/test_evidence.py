@@ -106,8 +106,10 @@ def test_git_dirty_is_false_for_a_run_in_a_clean_clone(tmp_path):
         pytest.skip("needs git and a git checkout")
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True, timeout=120)
-    code_changes = subprocess.run(["git", "status", "--porcelain", "--", "egeunet", "baselines", "engine", "studies",
-                                   "pyproject.toml"], cwd=REPO, capture_output=True, text=True).stdout
+    from engine.env import CODE_PATHS
+
+    code_changes = subprocess.run(["git", "status", "--porcelain", "--", *CODE_PATHS], cwd=REPO,
+                                  capture_output=True, text=True).stdout
     if code_changes.strip():
         pytest.skip("this checkout has uncommitted code changes: its clone would not hold the code under test")
     res = _run("--suite", "smoke", "--variants", "egeunet", "--results", str(clone / "results"), cwd=clone,

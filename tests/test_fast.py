@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from egeunet.contract import SegOutput
+from zoo.contract import SegOutput
 from egeunet.model import EGEUNet, EGEUNetConfig
 from egeunet.reference import ReferenceEGEUNet
 from engine import _fastops, fast

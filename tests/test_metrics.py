@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from egeunet.contract import SegOutput
-from egeunet.registry import create_model
+from zoo.contract import SegOutput
+from zoo.registry import create_model
 from engine.losses import BceDice, model_loss
 from engine.metrics import (
     SUMMARY_KEYS, confusion_counts, isic_thresholded_jaccard, per_image_metrics, pooled_metrics, summarize,

@@ -130,7 +130,7 @@ def test_cli_unknown_model_exits_2_with_one_line(tmp_path: Path, capsys: pytest.
 
 
 def test_resolve_models_all_and_globs() -> None:
-    from egeunet.registry import list_models
+    from zoo.registry import list_models
     from studies._cli import UnknownModels, resolve_models
 
     assert resolve_models(None) == ["egeunet"]

@@ -16,8 +16,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from egeunet.contract import SegOutput, loss_weights_of
-from egeunet.registry import UnknownModelError, create_model, get_entry, list_models
+from zoo.contract import SegOutput, loss_weights_of
+from zoo.registry import UnknownModelError, create_model, get_entry, list_models
 
 ALL_MODELS = list_models()
 BASELINES = ("unet32", "unext", "unext_s", "malunet", "malunet_single", "transfuse_s", "transfuse_lite",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from egeunet.registry import list_models
+from zoo.registry import list_models
 from studies import run as runcli
 from studies.suites import SUITES, SuiteError, check_models_registered, expand, get_suite
 

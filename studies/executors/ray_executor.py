@@ -67,7 +67,7 @@ STAGING_ENV = "EGEUNET_RAY_STAGING"
 CLEANUP_LOCK_WAIT_S = 30.0  # a staging clean-up waits this long for the trainer to release the run's lock
 CLEANUP_WAIT_S = 60.0  # the driver waits this long, at the end, for the clean-ups (seconds on an idle machine)
 ATTEMPTS_DIR = "attempts"  # <staging>/attempts/<hash>.jsonl: one line per attempt (pid, node, time)
-PACKAGES = ("egeunet", "baselines", "engine", "studies")
+PACKAGES = ("zoo", "egeunet", "baselines", "engine", "studies")
 
 
 def import_ray() -> Any:
@@ -158,7 +158,7 @@ def model_params(model: str, overrides: dict[str, Any] | None = None) -> int | N
     if key not in _PARAMS_CACHE:
         params = None
         try:
-            from egeunet.registry import create_model, get_entry
+            from zoo.registry import create_model, get_entry
 
             if not overrides:
                 params = get_entry(model).params

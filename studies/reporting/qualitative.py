@@ -2,7 +2,7 @@
 
 Rows are a fixed, reproducible set of test ids: the two hardest images for EGE-UNet (lowest per-image DSC
 in its record), its median image and its best image (or ids given by the user). Predictions come from each
-run's best checkpoint, rebuilt with ``egeunet.registry.create_model(model, **overrides)`` and applied to
+run's best checkpoint, rebuilt with ``zoo.registry.create_model(model, **overrides)`` and applied to
 ``engine.data.load_split(dataset, "test", protocol=, size=)`` with the engine's normalisation.
 """
 
@@ -73,8 +73,8 @@ def predict_run(record: Path, images: np.ndarray) -> np.ndarray:
     """Probability maps (N x H x W) of one run's best checkpoint on uint8 images N x H x W x 3."""
     import torch
 
-    from egeunet.contract import predict_proba
-    from egeunet.registry import create_model
+    from zoo.contract import predict_proba
+    from zoo.registry import create_model
 
     config = read_config(record) or {}
     model = create_model(config["model"], **(config.get("model_overrides") or {}))
