@@ -30,9 +30,11 @@ def parser() -> argparse.ArgumentParser:
     which.add_argument("--all", action="store_true", help="every suite with a results table under --results")
     p.add_argument("--results", default="results", type=Path, help="results folder (default: results/)")
     p.add_argument("--out", default="reports", type=Path, help="output folder (default: reports/)")
-    p.add_argument("--seed-test", choices=("ttest", "wilcoxon"), default="ttest",
-                   help="test over seeds: paired t-test (default) or Wilcoxon signed-rank (used only where >= 6 "
-                        "seeds are shared with EGE-UNet; the t-test otherwise)")
+    p.add_argument("--n-boot", type=int, default=2000, metavar="B",
+                   help="replicates of the hierarchical bootstrap against EGE-UNet (default 2000)")
+    p.add_argument("--no-reported", action="store_true",
+                   help="leave out the rows with the numbers reported for EGE-UNet")
+    p.add_argument("--no-html", action="store_true", help="skip index.html (and the per-image overlays)")
     p.add_argument("--no-qualitative", action="store_true",
                    help="skip the qualitative grid (no checkpoint loading, no data loading)")
     p.add_argument("--qual-variants", type=int, default=6, metavar="N",
@@ -48,6 +50,8 @@ def _error(message: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.n_boot < 100:
+        return _error("--n-boot must be at least 100")
     if args.qual_variants < 1:
         return _error("--qual-variants must be at least 1")
     try:
@@ -56,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
             load_results(args.results, suite)
         from studies.reporting.build import Options, build_suite_report
 
-        options = Options(seed_test=args.seed_test, qualitative=not args.no_qualitative,
+        options = Options(n_boot=args.n_boot, reported=not args.no_reported, html=not args.no_html,
+                          qualitative=not args.no_qualitative,
                           max_qual_variants=args.qual_variants, qual_ids=args.qual_ids)
         for suite in suites:
             t0 = time.perf_counter()

@@ -18,18 +18,19 @@ from pathlib import Path
 import pandas as pd
 
 from studies.reporting import figures as figs
-from studies.reporting.load import (METRIC_COLUMNS, Group, ReportError, done_runs, is_done, iter_groups,
+from studies.reporting.load import (Group, ReportError, done_runs, is_done, iter_groups,
                                     load_results, read_config, read_history, read_per_image, run_dir)
 from studies.reporting.markdown import render
 from studies.reporting.qualitative import qualitative_grid
-from studies.reporting.stats import compare_with_reference
-from studies.reporting.tables import (METRIC_LABELS, Table, build_table, caption, to_markdown, tests_markdown,
-                                      write_tables)
+from studies.reporting.stats import N_BOOT, compare_with_reference
+from studies.reporting.tables import Table, build_table, caption, footnote, tests_frame, to_markdown, write_tables
 
 
 @dataclass
 class Options:
-    seed_test: str = "ttest"  # or "wilcoxon" (used only where >= 6 seeds are shared)
+    n_boot: int = N_BOOT  # bootstrap replicates
+    reported: bool = True  # rows with the numbers reported for EGE-UNet
+    html: bool = True
     qualitative: bool = True
     max_qual_variants: int = 6
     qual_ids: list[str] | None = None
@@ -97,9 +98,8 @@ def build_suite_report(results_root: Path | str, suite: str, out_root: Path | st
     summaries, all_tests = [], []
     for group in iter_groups(df):
         per_image, histories, sizes = _records(results_root, suite, group)
-        tests = compare_with_reference(group.runs, group.reference, group.variants, list(METRIC_COLUMNS),
-                                       per_image=per_image, seed_method=options.seed_test)
-        table = build_table(group, tests, sizes)
+        tests = compare_with_reference(group.reference, group.variants, per_image, n_boot=options.n_boot)
+        table = build_table(group, tests, per_image, sizes, reported=options.reported)
         report.tables.append(table)
         fig_dir = out / "figures"
         outcomes = [
@@ -129,8 +129,8 @@ def build_suite_report(results_root: Path | str, suite: str, out_root: Path | st
     summary = summary[lead + [c for c in summary.columns if c not in lead]]
     summary.to_csv(out / "summary.csv", index=False)
     stats = pd.concat(all_tests, ignore_index=True) if all_tests else pd.DataFrame(
-        columns=["variant", "metric", "test", "unit", "n", "mean_diff", "ci_low", "ci_high", "p", "p_holm", "mark",
-                 "dataset", "protocol", "budget", "reference"])
+        columns=["variant", "metric", "test", "n_seeds", "n_images", "diff", "ci_low", "ci_high", "p", "p_holm",
+                 "verdict", "mark", "dataset", "protocol", "budget", "reference"])
     stats.to_csv(out / "stats.csv", index=False)
     report.files += [out / "summary.csv", out / "stats.csv"]
     synthetic_groups = [t.group for t in report.tables if t.group.synthetic]
@@ -141,7 +141,6 @@ def build_suite_report(results_root: Path | str, suite: str, out_root: Path | st
         n_failed=len(df) - len(done),
         synthetic=bool(synthetic_groups),
         synthetic_groups=", ".join(f"{g.dataset}/{g.protocol}/{g.budget}" for g in synthetic_groups),
-        seed_test=options.seed_test,
         tables=sections,
         provenance=_provenance(done),
         failed=_failed(df),
@@ -160,13 +159,14 @@ def _section(table: Table, outcomes: list[figs.FigureOutcome], out: Path) -> dic
         fig_entries.append(dict(title=o.title, made=o.made, note=o.note, caption=o.caption,
                                 png=png.relative_to(out).as_posix() if png else "",
                                 pdf=pdf.relative_to(out).as_posix() if pdf else ""))
-    scale = {c: 100.0 for c in METRIC_LABELS}
     return dict(
         heading=f"{g.dataset} · {g.protocol} protocol · {g.budget} budget" + (" · SYNTHETIC" if g.synthetic else ""),
         dataset=g.dataset, protocol=g.protocol, budget=g.budget, synthetic=g.synthetic,
         seeds=", ".join(str(s) for s in g.seeds), n_variants=len(g.variants),
-        caption=caption(table, "markdown"), markdown=to_markdown(table), tex=f"tables/{g.slug}.tex",
-        reference=g.reference, tests=tests_markdown(table.tests, scale), figures=fig_entries,
+        caption=caption(table), footnote=footnote(table), markdown=to_markdown(table), tex=f"tables/{g.slug}.tex",
+        reference=table.name(g.reference) if g.reference else None,
+        tests=tests_frame(table).to_markdown(index=False, disable_numparse=True) if not table.tests.empty else "",
+        figures=fig_entries,
     )
 
 

@@ -1,9 +1,11 @@
-"""The paper's results table, in LaTeX (pandas ``Styler.to_latex``, booktabs rules) and Markdown.
+"""The paper-style results table, in LaTeX (pandas ``Styler.to_latex``, booktabs rules), Markdown and HTML.
 
-Columns as the EGE-UNet paper: Params (M), GFLOPs (= legacy-thop GMACs), mIoU, DSC, Acc, Spe, Sen (pooled over
-all test pixels, %), plus the per-image mean DSC (%). Cells are mean ± sample std (ddof = 1) over seeds; the best
-value of a column is bold and the second underlined (lower is better for the two cost columns); significance
-marks compare every variant with EGE-UNet (see :mod:`studies.reporting.stats`).
+Columns: Params (K / M), GMACs (legacy-thop, the papers' "GFLOPs"), n (seeds), pooled mIoU and DSC (%) as
+mean ± sample std over seeds, and the difference of each variant to EGE-UNet (percentage points) with the 95 %
+interval of the paired hierarchical bootstrap (:mod:`studies.reporting.stats`). ↑ / ↓ mark a variant better /
+worse than EGE-UNet after Holm correction; bold marks the best mean of a column only when it is distinguishable
+from the runner-up. Optional rows below a rule quote the numbers *reported* for EGE-UNet; they never enter a
+statistic.
 """
 
 from __future__ import annotations
@@ -15,305 +17,303 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from studies.reporting.load import COST_COLUMNS, PER_IMAGE_COLUMNS, POOLED_COLUMNS, Group
-from studies.reporting.stats import aggregate, describe_tests
+from studies.reporting.load import Group
+from studies.reporting.names import display_name
+from studies.reporting.stats import NO_INFERENCE, aggregate, best_distinguishable, describe_test
 
-HEADER_COST = "Cost"
-HEADER_POOLED = "Pooled over test pixels (%)"
-HEADER_PER_IMAGE = "Per image (%)"
-#: (source column, header level 0, header level 1, higher is better, scale, decimals)
-TABLE_COLUMNS = (
-    [(c, HEADER_COST, label, hib, scale, 3) for c, label, hib, scale in COST_COLUMNS]
-    + [(c, HEADER_POOLED, label, hib, scale, 2) for c, label, hib, scale in POOLED_COLUMNS]
-    + [(c, HEADER_PER_IMAGE, label, hib, scale, 2) for c, label, hib, scale in PER_IMAGE_COLUMNS]
-)
+#: (results column, header, higher is better, scale to display, decimals)
+SCORE_COLUMNS = (("pooled_miou", "mIoU (%)", True, 100.0, 2), ("pooled_dsc", "DSC (%)", True, 100.0, 2))
+COST_COLUMNS = (("params", "Params", False), ("gmacs", "GMACs", False))
+DELTA_HEADERS = {"pooled_miou": "ΔmIoU (pp) [95% CI]", "pooled_dsc": "ΔDSC (pp) [95% CI]"}
 
-#: aggregated for summary.csv and the figures, not shown in the LaTeX table
-EXTRA_SUMMARY = ("latency_ms", "flop_counter_gmacs", "per_image_dsc_std", "per_image_iou_mean", "isic_tjaccard",
-                 "best_epoch", "wall_s")
+#: aggregated for summary.csv and the figures, not shown in the table
+EXTRA_SUMMARY = ("pooled_acc", "pooled_spe", "pooled_sen", "per_image_dsc_mean", "latency_ms", "flop_counter_gmacs",
+                 "per_image_dsc_std", "per_image_iou_mean", "isic_tjaccard", "best_epoch", "wall_s")
+
+#: numbers reported for a model on a dataset (in %), shown in separate rows, never used in statistics.
+#: PROTOCOL §8.2 lists EGE-UNet on ISIC2018 (status S, unverified); its ISIC2017 scores are NOT FOUND there.
+REPORTED = {
+    ("egeunet", "isic2018"): dict(pooled_miou=(80.94, 0.11), pooled_dsc=(89.46, 0.07),
+                                  source="reported for EGE-UNet on ISIC2018 (third-party document, unverified; "
+                                         "PROTOCOL §8.2), official recipe"),
+}
 
 _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+                  "×": r"$\times$", "±": r"$\pm$", "↑": r"$\uparrow$", "↓": r"$\downarrow$", "Δ": r"$\Delta$",
+                  "−": r"$-$", "→": r"$\to$", "§": r"\S{}", "≤": r"$\leq$", "≥": r"$\geq$"}
 
 
 def latex_escape(text: str) -> str:
-    """Escape LaTeX special characters of plain text (variant names, dataset names, captions)."""
+    """Escape plain text for LaTeX (special characters, and the few non-ASCII symbols the report uses)."""
     return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in str(text))
+
+
+def fmt_params(n: float) -> str:
+    """53374 -> '53.4K', 1471921 -> '1.47M'."""
+    if n is None or not np.isfinite(n):
+        return "--"
+    if n >= 1e6:
+        return f"{n / 1e6:.2f}M"
+    if n >= 1e3:
+        return f"{n / 1e3:.1f}K"
+    return f"{int(n)}"
+
+
+def fmt_gmacs(g: float) -> str:
+    if g is None or not np.isfinite(g):
+        return "--"
+    return f"{g:.3f}" if g < 1 else f"{g:.2f}"
+
+
+def _fmt(value: float, decimals: int = 2, sign: bool = False) -> str:
+    if value is None or not np.isfinite(value):
+        return "--"
+    text = f"{value:+.{decimals}f}" if sign else f"{value:.{decimals}f}"
+    return text.replace("-", "−")
 
 
 @dataclass
 class Table:
-    """One comparable group rendered as a table."""
+    """One comparable group (dataset x protocol x budget) rendered as a table."""
 
     group: Group
     summary: pd.DataFrame  # per variant: <col>_mean/_std (raw units), n, seeds
     tests: pd.DataFrame  # from stats.compare_with_reference
-    cells: pd.DataFrame  # display values, scaled and rounded: <col>_mean, <col>_std
-    best: dict[str, set[str]] = field(default_factory=dict)
-    second: dict[str, set[str]] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-    eval_sizes: list[str] = field(default_factory=list)  # evaluation resolutions of the runs, e.g. ["256x256"]
+    best: dict[str, str] = field(default_factory=dict)  # column -> the variant in bold
+    reported: list[dict] = field(default_factory=list)  # rows of reported numbers
+    eval_sizes: list[str] = field(default_factory=list)
 
     @property
     def label(self) -> str:
         return f"tab:{self.group.slug}"
 
+    def name(self, variant: str) -> str:
+        return display_name(variant, self.group.model_of(variant))
 
-def _fmt(value: float, decimals: int) -> str:
-    return "--" if value is None or not np.isfinite(value) else f"{value:.{decimals}f}"
+    @property
+    def single_seed(self) -> bool:
+        return int(self.summary["n"].max()) < 2
 
 
-def build_table(group: Group, tests: pd.DataFrame, eval_sizes: list[str] | None = None) -> Table:
-    """Aggregate a group and decide bold / underline from the displayed (rounded) means."""
-    cols = [c for c, *_ in TABLE_COLUMNS] + list(EXTRA_SUMMARY)
+def build_table(group: Group, tests: pd.DataFrame, per_image: dict[tuple[str, int], pd.DataFrame],
+                eval_sizes: list[str] | None = None, reported: bool = True) -> Table:
+    """Aggregate a group, decide what is bold, and attach the reported rows that apply."""
+    cols = [c for c, *_ in SCORE_COLUMNS] + [c for c, *_ in COST_COLUMNS] + list(EXTRA_SUMMARY)
     summary = aggregate(group.runs, cols, group.variants)
-    cells = pd.DataFrame(index=summary.index)
-    best: dict[str, set[str]] = {}
-    second: dict[str, set[str]] = {}
-    for col, _h0, _h1, higher, scale, dec in TABLE_COLUMNS:
-        cells[f"{col}_mean"] = (summary[f"{col}_mean"] * scale).round(dec)
-        cells[f"{col}_std"] = (summary[f"{col}_std"] * scale).round(dec)
-        vals = cells[f"{col}_mean"].dropna()
-        ranked = sorted(set(vals), reverse=higher)
-        if len(vals) >= 2 and len(ranked) >= 2:
-            best[col] = set(vals.index[vals == ranked[0]])
-            if len(ranked) >= 2 and len(vals) >= 3:
-                second[col] = set(vals.index[vals == ranked[1]])
-    return Table(group, summary, tests, cells, best, second, eval_sizes=sorted(set(eval_sizes or [])))
+    best: dict[str, str] = {}
+    for col, _h, higher, *_ in SCORE_COLUMNS:
+        b = best_distinguishable(summary[f"{col}_mean"], per_image, col, higher)
+        if b is not None:
+            best[col] = b
+    for col, _h, higher in COST_COLUMNS:  # deterministic: the unique lowest count
+        vals = summary[f"{col}_mean"].dropna()
+        if len(vals) >= 2:
+            top = vals.min()
+            if (vals == top).sum() == 1:
+                best[col] = str(vals.idxmin())
+    rows = []
+    if reported:
+        for (model, dataset), rep in REPORTED.items():
+            if dataset == group.dataset and (group.runs["model"] == model).any():
+                rows.append(dict(rep, model=model, name=f"{display_name(model, model)} (reported)"))
+    return Table(group, summary, tests, best, rows, sorted(set(eval_sizes or [])))
 
 
-def _cell(table: Table, variant: str, col: str, dec: int, flavour: str) -> str:
-    mean = table.cells.at[variant, f"{col}_mean"]
-    std = table.cells.at[variant, f"{col}_std"]
-    text = _fmt(mean, dec)
-    if np.isfinite(std) and col not in {c for c, *_ in COST_COLUMNS}:
-        text += (" $\\pm$ " if flavour == "latex" else " ± ") + _fmt(std, dec)
-    sig = table.tests[(table.tests["variant"] == variant) & (table.tests["metric"] == col)]
-    symbol = sig["mark"].iloc[0] if len(sig) else ""
-    if symbol:
-        # \rlap: the mark takes no width, so the numbers of a column stay aligned
-        text += f"\\rlap{{$^{{{symbol}}}$}}" if flavour == "latex" else "\\" + "\\".join(symbol)
-    return text
+# ------------------------------------------------------------------------------------------ cells
 
 
-def _columns_index() -> pd.MultiIndex:
-    return pd.MultiIndex.from_tuples([(h0, h1) for _c, h0, h1, *_ in TABLE_COLUMNS])
+def _delta_cell(table: Table, variant: str, col: str) -> str:
+    if variant == table.group.reference:
+        return "reference"
+    t = table.tests
+    hit = t[(t["variant"] == variant) & (t["metric"] == col)] if not t.empty else t
+    if hit.empty:
+        return "--"
+    r = hit.iloc[0]
+    d = _fmt(r["diff"] * 100, 2, sign=True)
+    if r["verdict"] == NO_INFERENCE:
+        return f"{d} (one seed)"
+    ci = f"[{_fmt(r['ci_low'] * 100, 2, sign=True)}, {_fmt(r['ci_high'] * 100, 2, sign=True)}]"
+    return f"{d} {ci}{r['mark']}"
 
 
-def display_frame(table: Table, flavour: str) -> pd.DataFrame:
-    """The table's cells as strings (``flavour`` 'latex' or 'markdown'), index = variant."""
-    data = {}
-    for col, h0, h1, _hib, _scale, dec in TABLE_COLUMNS:
-        data[(h0, h1)] = [_cell(table, v, col, dec, flavour) for v in table.cells.index]
-    frame = pd.DataFrame(data, index=pd.Index(table.cells.index, name=None))
-    frame.columns = _columns_index()
-    if not _uniform_n(table):
-        frame.insert(0, ("", "n"), table.summary["n"].astype(int).astype(str).to_numpy())
-    return frame
+def columns(table: Table) -> list[str]:
+    heads = ["Params", "GMACs", "n"] + [h for _c, h, *_ in SCORE_COLUMNS]
+    if table.group.reference is not None:
+        heads += [DELTA_HEADERS[c] for c, *_ in SCORE_COLUMNS]
+    return heads
 
 
-def _uniform_n(table: Table) -> bool:
-    return table.summary["n"].nunique() == 1
+def cell_frame(table: Table) -> pd.DataFrame:
+    """The table as plain text cells (Unicode ±, −, ↑, ↓), index = display name; reported rows last.
+
+    Used by every flavour; ``source`` says per row which entries are 'run' and which 'reported'.
+    """
+    heads = columns(table)
+    rows, index = [], []
+    s = table.summary
+    for v in s.index:
+        row = [fmt_params(s.at[v, "params_mean"]), fmt_gmacs(s.at[v, "gmacs_mean"]), str(int(s.at[v, "n"]))]
+        for col, _h, _hib, scale, dec in SCORE_COLUMNS:
+            m, sd = s.at[v, f"{col}_mean"] * scale, s.at[v, f"{col}_std"] * scale
+            row.append(_fmt(m, dec) + (f" ± {_fmt(sd, dec)}" if np.isfinite(sd) else ""))
+        if table.group.reference is not None:
+            row += [_delta_cell(table, v, col) for col, *_ in SCORE_COLUMNS]
+        rows.append(row)
+        index.append(table.name(v))
+    for rep in table.reported:
+        row = ["--", "--", "--"]
+        for col, *_ in SCORE_COLUMNS:
+            m, sd = rep.get(col, (np.nan, np.nan))
+            row.append(_fmt(m) + (f" ± {_fmt(sd)}" if np.isfinite(sd) else ""))
+        if table.group.reference is not None:
+            row += ["--"] * len(SCORE_COLUMNS)
+        rows.append(row)
+        index.append(rep["name"])
+    return pd.DataFrame(rows, index=pd.Index(index), columns=heads)
 
 
-def _seed_phrase(table: Table) -> str:
-    seeds = table.group.seeds
+def _bold_positions(table: Table) -> set[tuple[int, str]]:
+    """(row position, column header) of the bold cells."""
+    heads = {c: h for c, h, *_ in SCORE_COLUMNS} | {c: h for c, h, _ in COST_COLUMNS}
+    order = list(table.summary.index)
+    return {(order.index(v), heads[c]) for c, v in table.best.items()}
+
+
+# ------------------------------------------------------------------------------------ captions
+
+
+def _seed_counts(table: Table) -> str:
     ns = sorted(set(int(n) for n in table.summary["n"]))
-    seed_list = ", ".join(str(s) for s in seeds)
-    if ns == [1]:
-        return f"Single run per variant (n = 1 seed; seed {seed_list}): no standard deviation"
-    if len(ns) == 1:
-        return (f"Mean $\\pm$ sample standard deviation (ddof = 1) over n = {ns[0]} seeds ({seed_list}), paired by "
-                "seed")
-    return (f"Mean $\\pm$ sample standard deviation (ddof = 1) over n = {ns[0]}-{ns[-1]} seeds per variant "
-            f"(column n; seeds {seed_list})")
+    return f"n = {ns[0]}" if len(ns) == 1 else f"n = {ns[0]}-{ns[-1]}"
 
 
-def _device_phrase(runs: pd.DataFrame) -> str:
-    """'Trained on cpu.' or, for mixed devices, 'Trained on cpu (2 runs), cuda -> cpu (5 runs).' ('' if unknown)."""
-    if "device" not in runs.columns:
-        return ""
-    devices = runs["device"].dropna().astype(str)
-    if devices.empty:
-        return ""
-    counts = devices.value_counts(sort=False)
-    if len(counts) == 1:
-        return f"Trained on {counts.index[0]}."
-    listed = ", ".join(f"{d} ({n} run{'s' if n != 1 else ''})" for d, n in counts.items())
-    return f"Trained on {listed}; a -> marks a run resumed on another device."
-
-
-def caption(table: Table, flavour: str = "latex") -> str:
-    """Caption naming dataset, protocol, budget, metric convention, seeds, tests and correction."""
+def caption(table: Table) -> str:
+    """At most two sentences (plain text, Unicode): what the cells are, and what the marks mean."""
     g = table.group
-    esc = latex_escape if flavour == "latex" else (lambda s: s)
-    pm = "$\\pm$" if flavour == "latex" else "±"
+    suite = str(g.runs["suite"].iloc[0])
+    first = (f"{suite} suite on the {g.dataset} test split: pooled mIoU and DSC in % as mean ± std over seeds "
+             f"({_seed_counts(table)} per variant)")
+    if g.reference is None:
+        return first + "; no EGE-UNet run in this table, so no comparison."
+    first += f", and the difference to {table.name(g.reference)} in percentage points."
+    if table.single_seed or (not table.tests.empty and (table.tests["verdict"] == NO_INFERENCE).all()):
+        second = (f"{NO_INFERENCE[0].upper()}{NO_INFERENCE[1:]}: differences are point estimates without "
+                  "interval, mark or bold.")
+    elif table.tests.empty:
+        second = "No per-image counts shared with the reference: no test."
+    else:
+        second = (f"Intervals from a {describe_test(table.tests)}; ↑/↓ where the interval excludes 0 after the "
+                  "correction, bold where the best mean is distinguishable from the runner-up.")
+    return f"{first} {second}"
+
+
+def _budget_text(budget: str) -> str:
+    try:
+        from engine.train import BUDGETS
+
+        return BUDGETS[budget].description
+    except Exception:  # engine missing or budget unknown: name it only
+        return "not described"
+
+
+PROTOCOL_TEXT = {
+    "clean": "train / validation / test split, checkpoint selected on validation, test evaluated once "
+             "(PROTOCOL §9 fixes)",
+    "paper": "the official recipe and 7:3 split (the test set also selects the checkpoint)",
+}
+
+
+def _values(runs: pd.DataFrame, col: str) -> str:
+    if col not in runs.columns:
+        return "not recorded"
+    vals = runs[col].dropna().astype(str)
+    vals = vals[vals.str.strip() != ""]
+    if vals.empty:
+        return "not recorded"
+    counts = vals.value_counts(sort=False)
+    if len(counts) == 1:
+        return str(counts.index[0])
+    return ", ".join(f"{k} ({n} runs)" for k, n in counts.items())
+
+
+def _device_class(device: str) -> str:
+    d = str(device)
+    if "->" in d:
+        return d
+    return "GPU (" + d + ")" if d.startswith("cuda") else "CPU" if d == "cpu" else d
+
+
+def footnote(table: Table) -> str:
+    """Definitions of budget, protocol, device class, numerics version (and data, precision, reported rows)."""
+    g = table.group
+    runs = g.runs
+    devices = runs["device"].dropna().astype(str).map(_device_class) if "device" in runs.columns else pd.Series([])
+    dev = _values(pd.DataFrame({"d": devices}), "d") if len(devices) else "not recorded"
     parts = []
     if g.synthetic:
-        warn = ("SYNTHETIC DATA -- pipeline check only, these numbers are NOT results on real images.")
-        parts.append(f"\\textbf{{{warn}}}" if flavour == "latex" else f"**{warn}**")
-    parts.append(f"{esc(g.runs['suite'].iloc[0])} suite on {esc(g.dataset)} (test split), protocol "
-                 f"{esc(g.protocol)}, budget {esc(g.budget)}.")
-    parts.append(_seed_phrase(table).replace("$\\pm$", pm) + ".")
-    where = _device_phrase(g.runs)
-    if where:
-        parts.append(esc(where).replace(" -> ", " $\\to$ ") if flavour == "latex" else where)
-    times = "$1\\times3\\times256\\times256$" if flavour == "latex" else "1×3×256×256"
+        parts.append("SYNTHETIC DATA: a pipeline check, not a result.")
+    parts += [
+        f"Budget {g.budget}: {_budget_text(g.budget)}.",
+        f"Protocol {g.protocol}: {PROTOCOL_TEXT.get(g.protocol, 'see PROTOCOL.md')}.",
+        f"Device class: {dev} (a → marks a run resumed on another device).",
+        f"Numerics version: {_values(runs, 'numerics_version')}; precision: {_values(runs, 'precision')}; "
+        f"data fingerprint: {_values(runs, 'data')}.",
+    ]
     if table.eval_sizes:
-        res = " / ".join(r.replace("x", "$\\times$" if flavour == "latex" else "×") for r in table.eval_sizes)
-        res_txt = f" at {res} pixels"
-    else:
-        res_txt = " at the evaluation resolution (not recorded)"
-    parts.append("mIoU, DSC, Acc, Spe and Sen are pooled over all test pixels (one confusion matrix, threshold 0.5; "
-                 f"mIoU = foreground IoU as in the official code){res_txt}, "
-                 "per-image DSC is the mean over test images; "
-                 f"all in %. Params = sum of parameter counts (M); GFLOPs = legacy-thop GMACs at {times}, batch 1 "
-                 "(the papers' convention).".replace("%", "\\%" if flavour == "latex" else "%"))
-    parts.append("Best value per column in bold, second underlined (lower is better for Params and GFLOPs)."
-                 if flavour == "latex" else
-                 "Best value per column in bold, second in italics (lower is better for Params and GFLOPs).")
-    ref = g.reference
-    if ref is None:
-        parts.append(f"No {esc('egeunet')} run in this table: no significance tests.")
-    elif table.tests.empty:
-        parts.append(f"Reference: {esc(ref)}. No significance test possible (fewer than 2 seeds shared with the "
-                     "reference and no per-image records).")
-    else:
-        star = ("$^{*}$ / $^{**}$" if flavour == "latex" else "\\* / \\*\\*")
-        ps = "$p < 0.05$ / $p < 0.01$" if flavour == "latex" else "p < 0.05 / p < 0.01"
-        ref_txt = esc(ref) if ref == "egeunet" else f"{esc(ref)} (EGE-UNet, model {esc('egeunet')})"
-        parts.append(f"{star}: Holm-adjusted {ps} against {ref_txt} (the reference row): "
-                     f"{esc(describe_tests(table.tests))}.")
+        parts.append(f"Evaluated at {' / '.join(table.eval_sizes)} pixels, threshold 0.5.")
+    parts.append("Params: parameter count; GMACs: legacy-thop multiply-accumulates at 1×3×256×256 (the papers' "
+                 "GFLOPs); mIoU is the foreground IoU (as the official code).")
+    for rep in table.reported:
+        parts.append(f"{rep['name']}: {rep['source']}; never used in any statistic.")
     return " ".join(parts)
 
 
+# ---------------------------------------------------------------------------------------- LaTeX
+
+
 def to_latex(table: Table) -> str:
-    """The table environment (booktabs rules via ``Styler.to_latex(hrules=True)``)."""
-    frame = display_frame(table, "latex")
-    styler = frame.style.format_index(escape="latex", axis=0).format_index(escape="latex", axis=1)
-    keys = list(frame.columns)
-    src_of = {(h0, h1): col for col, h0, h1, *_ in TABLE_COLUMNS}
+    """The table float: ``Styler.to_latex`` with booktabs rules, reported rows below a midrule, a footnote."""
+    frame = cell_frame(table)
+    esc = frame.copy()
+    esc.index = [latex_escape(i) for i in frame.index]
+    esc.columns = [latex_escape(c) for c in frame.columns]
+    for c in esc.columns:
+        esc[c] = esc[c].map(latex_escape)
+    bold = {(r, latex_escape(h)) for r, h in _bold_positions(table)}
 
     def emphasis(column: pd.Series) -> list[str]:
-        col = src_of.get(column.name)
-        out = []
-        for variant in column.index:
-            if col and variant in table.best.get(col, ()):
-                out.append("textbf:--rwrap;")
-            elif col and variant in table.second.get(col, ()):
-                out.append("underline:--rwrap;")
-            else:
-                out.append("")
-        return out
+        return ["textbf:--rwrap;" if (i, column.name) in bold else "" for i in range(len(column))]
 
-    styler = styler.apply(emphasis, axis=0, subset=keys)
+    styler = esc.style.apply(emphasis, axis=0)
+    n_run = len(table.summary)
     latex = styler.to_latex(
         hrules=True,
-        caption=caption(table, "latex"),
+        caption=latex_escape(caption(table)),
         label=table.label,
         position="htbp",
         position_float="centering",
-        column_format=_column_format(table, keys),
-        multicol_align="c",
+        column_format="l" + "r" * len(esc.columns),
     )
-    # smaller type for wide tables; 'centering' comes right after the float's opening line
-    latex = latex.replace("\\centering\n", "\\centering\n\\small\n\\setlength{\\tabcolsep}{5pt}\n", 1)
-    return _polish_header(latex, list(frame.columns))
-
-
-def _column_format(table: Table, keys: list[tuple[str, str]]) -> str:
-    """Right-aligned columns; a column carrying significance marks gets room for them on its right (the marks are
-    \\rlap'ed so that the numbers stay aligned)."""
-    src_of = {(h0, h1): col for col, h0, h1, *_ in TABLE_COLUMNS}
-    marked = set(table.tests.loc[table.tests["mark"] != "", "metric"]) if not table.tests.empty else set()
-    return "l" + "".join("r@{\\hspace{15pt}}" if src_of.get(k) in marked else "r" for k in keys)
-
-
-def _polish_header(latex: str, columns: list[tuple[str, str]]) -> str:
-    """'Variant' in the corner, and booktabs \\cmidrule under each multi-column group heading."""
     lines = latex.split("\n")
-    top = lines.index("\\toprule")
-    # Styler writes: group row, column-name row (, index-name row); the data follow \\midrule
     mid = lines.index("\\midrule")
-    header = lines[top + 1:mid]
-    rules, start = [], 2
-    for name, count in _runs([h0 for h0, _ in columns]):
-        if name and count > 1:
-            rules.append(f"\\cmidrule(lr){{{start}-{start + count - 1}}}")
-        start += count
-    names = header[1] if len(header) > 1 else header[0]
-    names = "Variant" + names[names.index(" &"):] if names.startswith(" &") else names
-    new_header = [header[0], " ".join(rules), names] if len(header) > 1 else [names]
-    return "\n".join(lines[:top + 1] + [h for h in new_header if h] + lines[mid:])
-
-
-def _runs(items: list[str]) -> list[tuple[str, int]]:
-    out: list[tuple[str, int]] = []
-    for it in items:
-        if out and out[-1][0] == it:
-            out[-1] = (it, out[-1][1] + 1)
-        else:
-            out.append((it, 1))
-    return out
-
-
-def to_markdown(table: Table) -> str:
-    frame = display_frame(table, "markdown")
-    for col, h0, h1, *_ in TABLE_COLUMNS:
-        for variant in frame.index:
-            if variant in table.best.get(col, ()):
-                frame.at[variant, (h0, h1)] = f"**{frame.at[variant, (h0, h1)]}**"
-            elif variant in table.second.get(col, ()):
-                frame.at[variant, (h0, h1)] = f"_{frame.at[variant, (h0, h1)]}_"
-    flat = frame.copy()
-    flat.columns = [h1 if not h0 or h0 == HEADER_COST else f"{h1} ({'pooled' if h0 == HEADER_POOLED else 'per image'})"
-                    for h0, h1 in frame.columns]
-    flat.index = [v.replace("_", "\\_") for v in flat.index]
-    flat.index.name = "Variant"
-    return flat.to_markdown(colalign=["left"] + ["right"] * len(flat.columns), disable_numparse=True)
-
-
-MARKDOWN_TEST_METRICS = ("pooled_dsc", "per_image_dsc_mean")
-
-
-def tests_markdown(tests: pd.DataFrame, scale: dict[str, float],
-                   metrics: tuple[str, ...] = MARKDOWN_TEST_METRICS) -> str:
-    """The significance tests of the DSC columns as a Markdown table (differences in percentage points)."""
-    tests = tests[tests["metric"].isin(metrics)] if not tests.empty else tests
-    if tests.empty:
-        return ""
-    rows = []
-    for _, r in tests.iterrows():
-        s = scale.get(r["metric"], 100.0)
-        rows.append({
-            "Variant": str(r["variant"]).replace("_", "\\_"),
-            "Metric": METRIC_LABELS.get(r["metric"], r["metric"]),
-            "Test": r["test"],
-            "n": f"{int(r['n'])} {r['unit']}",
-            "Δ vs ref. (pp)": _fmt(r["mean_diff"] * s, 2),
-            "95 % CI (pp)": f"[{_fmt(r['ci_low'] * s, 2)}, {_fmt(r['ci_high'] * s, 2)}]",
-            "p": _fmt_p(r["p"]),
-            "p (Holm)": _fmt_p(r["p_holm"]),
-            "": r["mark"].replace("*", "\\*") if isinstance(r["mark"], str) else "",
-        })
-    return pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True)
-
-
-METRIC_LABELS = {c: f"{label} ({'per image' if c.startswith('per_image') else 'pooled'})"
-                 for c, label, *_ in POOLED_COLUMNS + PER_IMAGE_COLUMNS}
-
-
-def _fmt_p(p: float) -> str:
-    if p is None or not math.isfinite(p):
-        return "--"
-    return "< 0.0001" if p < 1e-4 else f"{p:.4f}"
+    lines[mid - 1] = "Variant" + lines[mid - 1]
+    if table.reported:
+        lines.insert(mid + 1 + n_run, "\\midrule")
+    end = lines.index("\\end{tabular}")
+    note = latex_escape(footnote(table))
+    lines.insert(end + 1, "\\par\\smallskip\n\\begin{minipage}{0.95\\linewidth}\\footnotesize " + note
+                 + "\\end{minipage}")
+    latex = "\n".join(lines)
+    return latex.replace("\\centering\n", "\\centering\n\\small\n\\setlength{\\tabcolsep}{4pt}\n", 1)
 
 
 STANDALONE_PREAMBLE = r"""\documentclass[10pt]{article}
 \usepackage[utf8]{inputenc}
+\usepackage[T1]{fontenc}
 \usepackage[a4paper,landscape,margin=2cm]{geometry}
 \usepackage{booktabs}
-\usepackage{multirow}
 \usepackage{caption}
 \captionsetup{font=small,labelfont=bf}
 \begin{document}
@@ -347,3 +347,51 @@ def write_tables(tables: list[Table], out_dir: Path, suite: str) -> list[Path]:
     doc = out_dir / "tables.tex"
     doc.write_text(standalone_document(suite, names, any(t.group.synthetic for t in tables)))
     return [doc] + written
+
+
+# ------------------------------------------------------------------------------------ Markdown / text
+
+
+def to_markdown(table: Table) -> str:
+    frame = cell_frame(table)
+    for r, h in _bold_positions(table):
+        frame.iat[r, list(frame.columns).index(h)] = f"**{frame.iat[r, list(frame.columns).index(h)]}**"
+    frame.index = [i.replace("_", "\\_") for i in frame.index]
+    frame.index.name = "Variant"
+    return frame.to_markdown(colalign=["left"] + ["right"] * len(frame.columns), disable_numparse=True)
+
+
+def to_text(table: Table) -> str:
+    """A plain-text rendering (bold as *x*), for logs and notes."""
+    frame = cell_frame(table)
+    for r, h in _bold_positions(table):
+        j = list(frame.columns).index(h)
+        frame.iat[r, j] = f"*{frame.iat[r, j]}*"
+    frame.index.name = "Variant"
+    return frame.to_string()
+
+
+def tests_frame(table: Table) -> pd.DataFrame:
+    """The comparisons with the reference, in display units (pp), for report.md / index.html."""
+    t = table.tests
+    if t.empty:
+        return pd.DataFrame()
+    out = pd.DataFrame({
+        "Variant": [table.name(v) for v in t["variant"]],
+        "Metric": t["metric"].map({"pooled_dsc": "DSC", "pooled_miou": "mIoU"}),
+        "seeds": t["n_seeds"].astype(int),
+        "images": t["n_images"].astype(int),
+        "Δ (pp)": [_fmt(x * 100, 2, sign=True) for x in t["diff"]],
+        "95% CI (pp)": [f"[{_fmt(a * 100, 2, True)}, {_fmt(b * 100, 2, True)}]" for a, b in
+                        zip(t["ci_low"], t["ci_high"])],
+        "p": [_fmt_p(p) for p in t["p"]],
+        "p (Holm)": [_fmt_p(p) for p in t["p_holm"]],
+        "verdict": t["verdict"],
+    })
+    return out
+
+
+def _fmt_p(p: float) -> str:
+    if p is None or not math.isfinite(p):
+        return "--"
+    return "< 0.001" if p < 1e-3 else f"{p:.3f}"
