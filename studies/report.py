@@ -37,8 +37,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-html", action="store_true", help="skip index.html (and the per-image overlays)")
     p.add_argument("--no-qualitative", action="store_true",
                    help="skip the qualitative grid (no checkpoint loading, no data loading)")
-    p.add_argument("--qual-variants", type=int, default=6, metavar="N",
-                   help="at most N models in the qualitative grid, EGE-UNet first (default 6)")
+    p.add_argument("--qual-variants", type=int, default=0, metavar="N",
+                   help="at most N models in the qualitative grid, EGE-UNet first (default 0: every variant)")
     p.add_argument("--qual-ids", nargs="+", metavar="ID", help="test image ids of the qualitative grid")
     return p
 
@@ -52,8 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.n_boot < 100:
         return _error("--n-boot must be at least 100")
-    if args.qual_variants < 1:
-        return _error("--qual-variants must be at least 1")
+    if args.qual_variants < 0:
+        return _error("--qual-variants must be 0 (all) or more")
     try:
         suites = discover_suites(args.results) if args.all else list(dict.fromkeys(args.suite))
         for suite in suites:  # check every input before the slow imports and before writing anything

@@ -32,8 +32,9 @@ class Options:
     reported: bool = True  # rows with the numbers reported for EGE-UNet
     html: bool = True
     qualitative: bool = True
-    max_qual_variants: int = 6
+    max_qual_variants: int = 0  # 0: every variant of the table
     qual_ids: list[str] | None = None
+    browser_images: int = 12  # test images with pre-rendered overlays in index.html
 
 
 @dataclass
@@ -94,7 +95,7 @@ def build_suite_report(results_root: Path | str, suite: str, out_root: Path | st
     out = out_root / suite
     (out / "figures").mkdir(parents=True, exist_ok=True)
     report = SuiteReport(suite, out)
-    sections = []
+    sections, html_sections = [], []
     summaries, all_tests = [], []
     for group in iter_groups(df):
         per_image, histories, sizes = _records(results_root, suite, group)
@@ -105,13 +106,15 @@ def build_suite_report(results_root: Path | str, suite: str, out_root: Path | st
         outcomes = [
             figs.params_vs_dsc(table, fig_dir / f"params_dsc__{group.slug}"),
             figs.ablation_bars(table, fig_dir / f"ablation__{group.slug}"),
-            figs.training_curves(histories, group.reference, fig_dir / f"curves__{group.slug}", group.variants),
+            figs.training_curves(histories, group.reference, fig_dir / f"curves__{group.slug}", group.variants,
+                                 {v: table.name(v) for v in group.variants}),
             figs.latency_pareto(table, fig_dir / f"pareto__{group.slug}"),
         ]
         if options.qualitative:
             outcomes.append(qualitative_grid(group, results_root, suite, per_image,
                                              fig_dir / f"qualitative__{group.slug}",
-                                             max_variants=options.max_qual_variants, ids=options.qual_ids))
+                                             max_variants=options.max_qual_variants, ids=options.qual_ids,
+                                             names={v: table.name(v) for v in group.variants}))
         else:
             outcomes.append(figs._skip("qualitative", "Qualitative results", "disabled (--no-qualitative)"))
         report.figures[group.slug] = outcomes
@@ -123,6 +126,8 @@ def build_suite_report(results_root: Path | str, suite: str, out_root: Path | st
             all_tests.append(tests.assign(dataset=group.dataset, protocol=group.protocol, budget=group.budget,
                                           reference=group.reference))
         sections.append(_section(table, outcomes, out))
+        if options.html:
+            html_sections.append(_html_section(table, outcomes, out, results_root, suite, per_image, options))
     report.files += write_tables(report.tables, out, suite)
     summary = pd.concat(summaries, ignore_index=True)
     lead = ["dataset", "protocol", "budget", "synthetic", "variant", "n", "seeds"]
@@ -147,7 +152,48 @@ def build_suite_report(results_root: Path | str, suite: str, out_root: Path | st
     )
     (out / "report.md").write_text(md)
     report.files.append(out / "report.md")
+    if options.html:
+        from studies.reporting import html as page
+
+        left = df[~is_done(df)]
+        cols = [c for c in ("variant", "dataset", "seed", "status", "reason", "config_hash") if c in left.columns]
+        (out / "index.html").write_text(page.suite_page(suite, html_sections, page.provenance_frame(done),
+                                                        left[cols] if len(left) else None, bool(synthetic_groups)))
+        report.files += [out / "index.html", page.index_page(out_root)]
     return report
+
+
+def _html_section(table: Table, outcomes, out: Path, results_root: Path, suite: str, per_image, options) -> dict:
+    """One table's part of index.html, with the per-image browser and its pre-rendered overlays."""
+    from studies.reporting import html as page
+    from studies.reporting.qualitative import choose_ids, predict_variants, spread_ids
+
+    g = table.group
+    names = {v: table.name(v) for v in g.variants}
+    anchor = g.reference or g.variants[0]
+    anchor_seeds = sorted(s for (v, s) in per_image if v == anchor)
+    browser = ""
+    if anchor_seeds:
+        seed = anchor_seeds[0]
+        frame, _used = page.browser_frame(g, per_image, seed, names)
+        rendered, notes = {}, {}
+        if options.qualitative and not frame.empty:
+            ref_per = per_image[(anchor, seed)]
+            ids = list(dict.fromkeys([i for i, _ in choose_ids(ref_per)] + spread_ids(ref_per, options.browser_images)))
+            preds = predict_variants(g, results_root, suite, per_image, ids, seed)
+            if isinstance(preds, str):
+                notes["all"] = preds
+            else:
+                rendered, notes = page.render_overlays(preds, out, g.slug, names)
+        browser = page._browser(g.slug, frame, rendered, names, notes) if not frame.empty else ""
+        if not rendered:
+            why = notes.get("all", "disabled (--no-qualitative)" if not options.qualitative else "no image")
+            browser += f'<p class="none">No overlays rendered: {page._e(why)}.</p>'
+        else:
+            browser = (f"<p>Seed {seed} of each variant (else its first seed). Click a column heading to sort, a row "
+                       f"to open the image; overlays are pre-rendered for the {len(rendered)} rows marked ◆ (worst to "
+                       "best of the reference).</p>" + browser)
+    return page.section(table, outcomes, out, browser, tests_frame(table))
 
 
 def _section(table: Table, outcomes: list[figs.FigureOutcome], out: Path) -> dict:

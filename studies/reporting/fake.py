@@ -31,6 +31,7 @@ class FakeVariant:
     seeds: tuple[int, ...] | None = None  # default: the suite's
     latency_ms: float = 17.0
     device: str = "cpu"
+    checkpoint: bool = False  # write an (untrained) best.pt of the model, so predictions can be drawn
 
 
 @dataclass
@@ -45,6 +46,7 @@ class FakeSuite:
     seed_sd: float = 0.01  # seed-to-seed sd of the reference's quality
     image_sd: float = 0.08  # image-to-image sd of the per-image DSC
     epochs: int = 8
+    size: int = 224  # recipe.size in config.json (the synthetic dataset: use 64)
     hashes: dict = field(default_factory=dict)  # (variant, seed) -> config hash, filled by fake_suite
 
 
@@ -63,7 +65,13 @@ def fake_suite(root: Path | str, spec: FakeSuite, rng_seed: int = 3) -> pd.DataF
     """Write the suite's results table and run records under ``root``; return the results table."""
     root = Path(root)
     rng = np.random.default_rng(rng_seed)
-    ids = [f"ISIC_{i:07d}" for i in range(spec.n_images)]
+    if spec.dataset == "synthetic":  # ids of the synthetic test split, so that images can be loaded
+        from engine.data import load_split
+
+        ids = [str(i) for i in load_split("synthetic", "test", size=spec.size).ids]
+        spec.n_images = len(ids)
+    else:
+        ids = [f"ISIC_{i:07d}" for i in range(spec.n_images)]
     area = rng.integers(4000, 20000, spec.n_images)
     difficulty = rng.normal(0, spec.image_sd, spec.n_images)  # shared by every run: images are paired
     base = {s: 0.86 + rng.normal(0, spec.seed_sd) for s in spec.seeds}
@@ -97,11 +105,13 @@ def fake_suite(root: Path | str, spec: FakeSuite, rng_seed: int = 3) -> pd.DataF
                         per_image_dsc_std=per["dsc"].std(ddof=1), per_image_iou_mean=per["iou"].mean(),
                         per_image_iou_std=per["iou"].std(ddof=1), isic_tjaccard=np.nan)
             config = {"model": model, "dataset": spec.dataset, "protocol": spec.protocol, "budget": spec.budget,
-                      "seed": int(s), "recipe": {"size": 224, "epochs": spec.epochs}, "model_overrides": {},
+                      "seed": int(s), "recipe": {"size": spec.size, "epochs": spec.epochs}, "model_overrides": {},
                       "schema": 1}
             env = {"device": v.device, "git_commit": "0123456789abcdef0123", "git_dirty": False,
                    "numerics_version": 1, "precision": "fp32"}
             (rec / "config.json").write_text(json.dumps(config))
+            if v.checkpoint:
+                _write_checkpoint(rec / "checkpoints" / "best.pt", model, s)
             (rec / "env.json").write_text(json.dumps(env))
             (rec / "metrics.json").write_text(json.dumps({"test": test, "params": v.params, "best_epoch": spec.epochs,
                                                           "epochs": spec.epochs}))
@@ -111,8 +121,18 @@ def fake_suite(root: Path | str, spec: FakeSuite, rng_seed: int = 3) -> pd.DataF
                              gmacs=v.gmacs, flop_counter_gmacs=v.gmacs, latency_ms=v.latency_ms, **test,
                              best_epoch=spec.epochs, epochs=spec.epochs, wall_s=100.0, device=v.device,
                              status="done", reason="", config_hash=h, data="fp-fake", numerics_version=1,
-                             precision="fp32", commit="0123456789abcdef0123", synthetic=False))
+                             precision="fp32", commit="0123456789abcdef0123",
+                             synthetic=spec.dataset == "synthetic"))
     (root / spec.suite).mkdir(parents=True, exist_ok=True)
     df = pd.DataFrame(rows)
     df.to_csv(root / spec.suite / "results.csv", index=False)
     return df
+
+
+def _write_checkpoint(path: Path, model: str, seed: int) -> None:
+    import torch
+
+    from zoo.registry import create_model
+
+    torch.manual_seed(seed)
+    torch.save({"model": create_model(model).state_dict()}, path)

@@ -23,6 +23,7 @@ from studies.reporting.labels import place_labels
 from studies.reporting.style import (COLUMN_WIDTH, MUTED, OTHER_COLOR, REF_COLOR, figure_style, linestyle,
                                      palette, save)
 from studies.reporting.tables import Table
+from studies.reporting.names import display_name
 
 import matplotlib.pyplot as plt  # noqa: E402  (backend chosen in style)
 
@@ -65,63 +66,95 @@ def _label_subset(values: pd.Series, reference: str | None, k: int = 3) -> list[
 # ---------------------------------------------------------------------------------------------- bubble chart
 
 
+def bubble_areas(params: pd.Series, max_area: float = 900.0) -> pd.Series:
+    """Marker areas (pt²) proportional to the parameter count, the largest model at ``max_area``; no floor,
+    so 53 K and 250 K stay 4.7x apart in area (2.2x in diameter) whatever else is in the chart."""
+    return params.astype(float) / float(params.max()) * max_area
+
+
+def _legend_sizes(lo: float, hi: float, max_area: float, cap: float = 260.0) -> list[float]:
+    """Round parameter counts for the size legend: from the smallest model up, none drawn above ``cap`` pt²."""
+    cands = [1e4, 2.5e4, 5e4, 1e5, 2.5e5, 5e5, 1e6, 2.5e6, 5e6, 1e7, 2.5e7, 5e7]
+    ok = [c for c in cands if c >= lo * 0.5 and c / hi * max_area <= cap]
+    if len(ok) > 3:
+        ok = [ok[0], ok[len(ok) // 2], ok[-1]]
+    return ok or [lo]
+
+
 def params_vs_dsc(table: Table, stem: Path) -> FigureOutcome:
-    key, title = "params_dsc", "Parameters vs DSC (bubble area proportional to GFLOPs)"
+    key, title = "params_dsc", "Parameters vs DSC (bubble area proportional to parameters)"
     s = table.summary
     ok = s["params_mean"].notna() & s["pooled_dsc_mean"].notna() & (s["params_mean"] > 0)
     if ok.sum() < 2:
         return _skip(key, title, "needs at least 2 variants with a parameter count and a test DSC")
     s = s[ok]
     ref = table.group.reference
-    x = s["params_mean"] / 1e6
+    x = s["params_mean"]
     y, yerr = s["pooled_dsc_mean"] * 100, s["pooled_dsc_std"] * 100
-    g = s["gmacs_mean"]
-    has_g = bool(g.notna().all() and (g > 0).all())
-    max_area = 150.0
-    min_area = 14.0  # the smallest bubbles are drawn at this size (said in the caption when it happens)
-    area = (g / g.max() * max_area).clip(lower=min_area) if has_g else pd.Series(40.0, index=s.index)
-    floored = bool(has_g and (g / g.max() * max_area < min_area).any())
+    max_area = 900.0
+    area = bubble_areas(x, max_area)
+    names = {v: table.name(v) for v in s.index}
     with figure_style():
-        fig, ax = plt.subplots(figsize=(COLUMN_WIDTH, 2.7))
+        fig, ax = plt.subplots(figsize=(COLUMN_WIDTH, 2.9))
         for v in s.index:
             is_ref = v == ref
-            ax.errorbar(x[v], y[v], yerr=yerr[v] if np.isfinite(yerr[v]) else None, fmt="none",
-                        ecolor="#222222", elinewidth=0.6, capsize=1.5, capthick=0.6, zorder=2.5)
             ax.scatter(x[v], y[v], s=area[v], color=REF_COLOR if is_ref else OTHER_COLOR,
-                       alpha=0.85 if is_ref else 0.5, edgecolor="black" if is_ref else "white",
-                       linewidth=0.8 if is_ref else 0.5, zorder=4 if is_ref else 3)
+                       alpha=0.75 if is_ref else 0.4, edgecolor="black" if is_ref else OTHER_COLOR,
+                       linewidth=0.7 if is_ref else 0.5, zorder=4 if is_ref else 3)
+            ax.errorbar(x[v], y[v], yerr=yerr[v] if np.isfinite(yerr[v]) else None, fmt="o", ms=1.6,
+                        color="#222222", ecolor="#222222", elinewidth=0.6, capsize=1.5, capthick=0.6, zorder=5)
+        front = pareto_front(x.to_numpy(), y.to_numpy())
+        fr = x[front].sort_values()
+        ax.step(fr.to_numpy(), y[fr.index].to_numpy(), where="post", color="#444444", lw=0.8, ls="--", zorder=2)
         ax.set_xscale("log")
         lo, hi = float(x.min()), float(x.max())
         span = max(hi / lo, 1.0)
-        pad = span ** 0.12 if span > 1.5 else 1.6
+        pad = span ** 0.15 if span > 1.5 else 1.6
         ax.set_xlim(lo / pad, hi * pad)
-        _plain_log_ticks(ax.xaxis)
+        _param_ticks(ax.xaxis)
         ylo = float((y - yerr.fillna(0)).min())
         yhi = float((y + yerr.fillna(0)).max())
-        ypad = max((yhi - ylo) * 0.18, 0.3)
+        ypad = max((yhi - ylo) * 0.25, 0.3)
         ax.set_ylim(ylo - ypad, yhi + ypad * 1.6)
-        ax.set_xlabel("Parameters (M, log scale)")
+        ax.set_xlabel("Parameters (log scale)")
         ax.set_ylabel("DSC, pooled (%)")
         ax.grid(True, which="major", axis="both")
-        names = _label_subset(y, ref)
-        idx = [list(s.index).index(v) for v in names]
-        place_labels(ax, x.iloc[idx].to_numpy(), y.iloc[idx].to_numpy(), names, fontsize=5.8,
-                     colors=[REF_COLOR if v == ref else "#222222" for v in names],
-                     weights=["bold" if v == ref else "normal" for v in names],
-                     marker_radius_pt=[float(np.sqrt(area[v]) / 2) for v in names])
-        if has_g:
-            _size_legend(ax, g, max_area)
+        shown = _label_subset(y, ref)
+        idx = [list(s.index).index(v) for v in shown]
+        place_labels(ax, x.iloc[idx].to_numpy(), y.iloc[idx].to_numpy(), [names[v] for v in shown], fontsize=5.8,
+                     colors=[REF_COLOR if v == ref else "#222222" for v in shown],
+                     weights=["bold" if v == ref else "normal" for v in shown],
+                     marker_radius_pt=[float(np.sqrt(area[v] / np.pi)) for v in shown])
+        sizes = _legend_sizes(lo, hi, max_area)
+        handles = [ax.scatter([], [], s=c / hi * max_area, color=MUTED, alpha=0.4, edgecolor=MUTED) for c in sizes]
+        handles.append(Line2D([], [], color="#444444", lw=0.8, ls="--"))
+        ax.legend(handles, [_fmt_count(c) for c in sizes] + ["Pareto front"], loc="lower left",
+                  bbox_to_anchor=(0.0, 1.0), ncol=len(handles), frameon=False, scatterpoints=1, borderpad=0.2,
+                  handletextpad=0.4, columnspacing=0.9, borderaxespad=0.1, handlelength=2.0)
         fig.tight_layout()
         files = save(fig, stem)
-    cap = ("Pooled test DSC (mean over seeds; error bars: sample std) against parameter count (log axis); "
-           + ("bubble area proportional to GFLOPs (legacy-thop GMACs at 256x256). " if has_g else
-              "GFLOPs missing: constant bubble size. ")
-           + (f"{ref} in vermillion." if ref else "No EGE-UNet run in this group."))
-    if floored:
-        cap += f" Bubbles below {min_area:g} pt² are drawn at that minimum size so that they stay visible."
+    ns = sorted(set(int(n) for n in s["n"]))
+    cap = ("Pooled test DSC against parameter count (log axis); marker area proportional to parameters (no "
+           "minimum size); error bars: sample std over seeds"
+           + (f" (n = {ns[0]})" if len(ns) == 1 else f" (n = {ns[0]}-{ns[-1]})")
+           + ("; one seed, so no error bars" if ns == [1] else "")
+           + "; dashed: Pareto front (no other variant is both smaller and more accurate)."
+           + (f" {names[ref]} in vermillion." if ref in names else " No EGE-UNet run in this group."))
     if len(y) > MAX_LABELS:
         cap += " Only the reference and the three best and worst variants are labelled."
     return FigureOutcome(key, title, files, cap)
+
+
+def _fmt_count(n: float) -> str:
+    return f"{n / 1e6:g}M" if n >= 1e6 else f"{n / 1e3:g}K"
+
+
+def _param_ticks(axis) -> None:
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda v, _pos: _fmt_count(v)))
+    axis.set_minor_formatter(FuncFormatter(lambda v, _pos: ""))
 
 
 def _plain_log_ticks(axis) -> None:
@@ -137,97 +170,73 @@ def _plain_log_ticks(axis) -> None:
     axis.set_minor_formatter(FuncFormatter(lambda v, _pos: ""))
 
 
-def _size_legend(ax, gmacs: pd.Series, max_area: float, min_area: float = 14.0) -> None:
-    lo, hi = float(gmacs.min()), float(gmacs.max())
-    refs = sorted({float(f"{v:.2g}") for v in ((lo, hi) if hi / lo > 3 else (hi,))})
-    handles = [ax.scatter([], [], s=max(v / hi * max_area, min_area), color=MUTED, alpha=0.5, edgecolor="white")
-               for v in refs]
-    ax.legend(handles, [f"{v:g}" for v in refs], title=None, loc="lower right", bbox_to_anchor=(1.0, 1.0),
-              ncol=len(refs) + 1, frameon=False, scatterpoints=1, borderpad=0.2, handletextpad=0.4,
-              columnspacing=1.0, borderaxespad=0.1)
-    ax.text(0.0, 1.02, "bubble area ∝ GFLOPs:", transform=ax.transAxes, ha="left", va="bottom",
-            fontsize=6.5)
-
-
 # ------------------------------------------------------------------------------------------ ablation bars
 
 
 def ablation_bars(table: Table, stem: Path) -> FigureOutcome:
-    key, title = "ablation", "Ablation chart: pooled DSC of every variant against EGE-UNet"
+    key, title = "ablation", "Ablation chart: Δ pooled DSC of every variant to EGE-UNet"
     s = table.summary
     runs = table.group.runs
-    ok = s["pooled_dsc_mean"].notna()
-    if ok.sum() < 2:
-        return _skip(key, title, "needs at least 2 variants with a test DSC")
-    s = s[ok]
     ref = table.group.reference
-    mean, std = s["pooled_dsc_mean"] * 100, s["pooled_dsc_std"] * 100
-    relative = ref is not None and ref in s.index
-    base = float(mean[ref]) if relative else 0.0
-    delta = (mean - base).sort_values(ascending=True)
-    order = list(delta.index)
-    height = max(1.5, 0.55 + 0.17 * len(order))
+    if ref is None or ref not in s.index or s["pooled_dsc_mean"].notna().sum() < 2:
+        return _skip(key, title, "needs EGE-UNet and at least one other variant with a test DSC")
+    tests = table.tests
+    t = tests[tests["metric"] == "pooled_dsc"].set_index("variant") if not tests.empty else pd.DataFrame()
+    ref_seed = runs[runs["variant"] == ref].set_index("seed")["pooled_dsc"]
+    others = [v for v in s.index if v != ref and np.isfinite(s.at[v, "pooled_dsc_mean"])]
+    delta, lo, hi, dots, marks = {}, {}, {}, {}, {}
+    for v in others:
+        seeds = runs[runs["variant"] == v].set_index("seed")["pooled_dsc"]
+        paired = (seeds - ref_seed).dropna() * 100
+        dots[v] = paired.to_numpy()
+        if v in t.index:
+            delta[v] = float(t.at[v, "diff"]) * 100
+            lo[v], hi[v] = float(t.at[v, "ci_low"]) * 100, float(t.at[v, "ci_high"]) * 100
+            marks[v] = str(t.at[v, "mark"])
+        else:
+            delta[v] = float(paired.mean()) if len(paired) else float(s.at[v, "pooled_dsc_mean"]
+                                                                      - s.at[ref, "pooled_dsc_mean"]) * 100
+            lo[v] = hi[v] = np.nan
+            marks[v] = ""
+    order = sorted(others, key=lambda v: delta[v])
+    height = max(1.5, 0.65 + 0.2 * len(order))
     with figure_style():
         fig, ax = plt.subplots(figsize=(COLUMN_WIDTH, height))
         ypos = np.arange(len(order))
-        colours = [REF_COLOR if v == ref else OTHER_COLOR for v in order]
-        err = [std[v] if np.isfinite(std[v]) else 0.0 for v in order]
-        has_err = any(np.isfinite(std[v]) for v in order)
-        ax.barh(ypos, [delta[v] for v in order], height=0.62, color=colours, alpha=0.85, zorder=2,
-                xerr=err if has_err else None,
-                error_kw=dict(ecolor="#333333", elinewidth=0.6, capsize=1.5, capthick=0.6))
-        span = max(abs(float(np.nanmax(delta))), abs(float(np.nanmin(delta))), 1e-9)
-        if relative:
-            for yi, v in zip(ypos, order):  # the difference, written beyond its bar, error bar and seeds
-                if v == ref:
-                    continue
-                dv = float(delta[v])
-                e = err[order.index(v)] if np.isfinite(err[order.index(v)]) else 0.0
-                seeds = runs.loc[runs["variant"] == v, "pooled_dsc"].dropna().to_numpy() * 100 - base
-                reach = max([abs(dv) + e] + [abs(x) for x in seeds if np.sign(x) == np.sign(dv) or dv == 0])
-                off = reach + span * 0.03
-                ax.text(off if dv >= 0 else -off, yi, f"{dv:+.2f}", va="center",
-                        ha="left" if dv >= 0 else "right", fontsize=5.5, color="#333333", zorder=4)
-        for yi, v in zip(ypos, order):  # individual seeds
-            seeds = runs.loc[runs["variant"] == v, "pooled_dsc"].dropna() * 100 - base
-            if len(seeds) > 1:
-                jitter = np.linspace(-0.14, 0.14, len(seeds))
-                ax.scatter(seeds, yi + jitter, s=3, color="black", zorder=3, linewidth=0)
+        d = np.array([delta[v] for v in order])
+        colours = ["#009E73" if marks[v] == "↑" else "#CC79A7" if marks[v] == "↓" else OTHER_COLOR for v in order]
+        ax.barh(ypos, d, height=0.6, color=colours, alpha=0.75, zorder=2)
+        has_ci = any(np.isfinite(lo[v]) for v in order)
+        for yi, v in zip(ypos, order):
+            if np.isfinite(lo[v]):
+                ax.errorbar(delta[v], yi, xerr=[[delta[v] - lo[v]], [hi[v] - delta[v]]], fmt="none",
+                            ecolor="#222222", elinewidth=0.7, capsize=1.8, capthick=0.7, zorder=4)
+            if len(dots[v]):
+                jitter = np.linspace(-0.15, 0.15, len(dots[v])) if len(dots[v]) > 1 else np.zeros(1)
+                ax.scatter(dots[v], yi + jitter, s=5, color="black", zorder=5, linewidth=0)
+        ax.axvline(0, color=REF_COLOR, lw=0.9, ls="--", zorder=1)
         ax.set_yticks(ypos)
-        ax.set_yticklabels(order)
-        for lab in ax.get_yticklabels():
-            if lab.get_text() == ref:
-                lab.set_color(REF_COLOR)
-                lab.set_fontweight("bold")
-        if relative:
-            ax.axvline(0, color=REF_COLOR, lw=0.8, ls="--", zorder=1)
-            sd = std[ref]
-            ref_txt = f"{base:.2f}" + (f" ± {sd:.2f}" if np.isfinite(sd) else "") + " %"
-            ax.set_xlabel(f"Δ pooled DSC vs {ref} (percentage points)\n{ref} = {ref_txt}")
-            from matplotlib.ticker import MaxNLocator
-
-            ax.xaxis.set_major_locator(MaxNLocator(nbins=5, steps=[1, 2, 2.5, 5, 10]))  # no colliding labels
-        else:
-            ax.set_xlabel("DSC, pooled (%)")
-        d = delta[order].to_numpy()
-        e = np.asarray(err)
-        seed_vals = runs.loc[runs["variant"].isin(order), "pooled_dsc"].dropna().to_numpy() * 100 - base
-        lo = min(0.0, float(np.nanmin(d - e)), float(seed_vals.min()) if len(seed_vals) else 0.0)
-        hi = max(0.0, float(np.nanmax(d + e)), float(seed_vals.max()) if len(seed_vals) else 0.0)
-        pad = max((hi - lo) * (0.22 if relative else 0.08), 0.05)  # room for the value labels
-        ax.set_xlim(lo - (pad if lo < 0 else 0.0), hi + pad)
+        ax.set_yticklabels([table.name(v) + (f" {marks[v]}" if marks[v] else "") for v in order])
+        sd = s.at[ref, "pooled_dsc_std"] * 100
+        base = s.at[ref, "pooled_dsc_mean"] * 100
+        ref_txt = f"{base:.2f}" + (f" ± {sd:.2f}" if np.isfinite(sd) else "") + " %"
+        ax.set_xlabel(f"Δ pooled DSC to {table.name(ref)} (pp); {table.name(ref)} = {ref_txt}")
+        vals = [x for v in order for x in [delta[v], lo[v], hi[v], *dots[v]] if np.isfinite(x)] + [0.0]
+        span = max(max(vals) - min(vals), 0.1)
+        ax.set_xlim(min(vals) - 0.08 * span, max(vals) + 0.08 * span)
         ax.set_ylim(-0.6, len(order) - 0.4)
         ax.grid(True, axis="x")
         ax.tick_params(axis="y", length=0)
         fig.tight_layout()
         files = save(fig, stem)
     ns = sorted(set(int(n) for n in s["n"]))
-    n_txt = f"n = {ns[0]}" if len(ns) == 1 else f"n = {ns[0]}-{ns[-1]}"
-    rel_txt = f" relative to {ref} (vermillion, dashed line)" if relative else ""
-    cap = (f"Pooled test DSC of each variant{rel_txt}; "
-           f"bars: mean over seeds, error bars: sample std over seeds, dots: single seeds ({n_txt} seeds).")
-    if all(n == 1 for n in ns):
-        cap += " One seed per variant: no error bars."
+    cap = (f"Difference of pooled test DSC to {table.name(ref)} (dashed line), in percentage points; bars: "
+           "mean over seeds of the paired per-seed difference, dots: single seeds"
+           + ("; error bars: 95 % interval of the paired hierarchical bootstrap (seeds, then images); green / pink: "
+              "better / worse after Holm correction." if has_ci else
+              "; one seed: no inference, no interval."))
+    if ns == [1]:
+        cap = cap.replace("mean over seeds of the paired per-seed difference, dots: single seeds", "one seed")
     return FigureOutcome(key, title, files, cap)
 
 
@@ -246,7 +255,7 @@ def _first(cols, candidates) -> str | None:
 
 
 def training_curves(histories: dict[str, list[pd.DataFrame]], reference: str | None, stem: Path,
-                    order: list[str]) -> FigureOutcome:
+                    order: list[str], names: dict[str, str] | None = None) -> FigureOutcome:
     key, title = "curves", "Training curves"
     histories = {v: h for v, h in histories.items() if h}
     if not histories:
@@ -296,14 +305,14 @@ def training_curves(histories: dict[str, list[pd.DataFrame]], reference: str | N
         handles = [Line2D([], [], color=REF_COLOR if v == reference else colours[v], lw=1.3 if v == reference else 0.9,
                           ls="-" if v == reference else styles[v]) for v in variants]
         fig.tight_layout()
-        fig.legend(handles, variants, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=2, frameon=False,
+        fig.legend(handles, [(names or {}).get(v, v) for v in variants], loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=2, frameon=False,
                    handlelength=2.2, columnspacing=1.2)
         files = save(fig, stem)
     seeds = max(len(h) for h in histories.values())
     cap = ("Per-epoch training loss" + (", validation loss" if _first(cols, _VAL_LOSS) else "")
            + (" and validation DSC (pooled)" if _first(cols, _VAL_DSC) else "")
            + (f"; lines: mean over seeds, bands: min-max over seeds (up to {seeds})." if seeds > 1 else "; one seed.")
-           + (f" {reference} in vermillion." if reference in histories else "")
+           + (f" {(names or {}).get(reference, reference)} in vermillion." if reference in histories else "")
            + " Losses include each model's deep-supervision terms, whose number and weights differ between "
              "variants: compare the shapes of the loss curves, not their levels.")
     return FigureOutcome(key, title, files, cap)
@@ -337,7 +346,7 @@ def latency_pareto(table: Table, stem: Path) -> FigureOutcome:
         fig, ax = plt.subplots(figsize=(COLUMN_WIDTH, 2.5))
         f = s.index[front]
         fl = lat[f].sort_values()
-        ax.step(fl.to_numpy(), y[fl.index].to_numpy(), where="post", color="#444444", lw=0.8, ls="--", zorder=1,
+        ax.step(fl.to_numpy(), y[fl.index].to_numpy(), where="post", color="#444444", lw=1.0, ls="--", zorder=1,
                 label="Pareto front")
         for v in s.index:
             is_ref = v == ref
@@ -361,16 +370,18 @@ def latency_pareto(table: Table, stem: Path) -> FigureOutcome:
         ax.grid(True)
         names = [v for v in s.index if front[v] or v == ref or len(s) <= MAX_LABELS]
         idx = [list(s.index).index(v) for v in names]
-        place_labels(ax, lat.iloc[idx].to_numpy(), y.iloc[idx].to_numpy(), names, fontsize=5.8,
+        place_labels(ax, lat.iloc[idx].to_numpy(), y.iloc[idx].to_numpy(), [table.name(v) for v in names],
+                     fontsize=5.8,
                      colors=[REF_COLOR if v == ref else "#222222" for v in names],
                      weights=["bold" if v == ref else "normal" for v in names], marker_radius_pt=3.0)
-        handles = [Line2D([], [], color="#444444", lw=0.8, ls="--", label="Pareto front"),
+        handles = [Line2D([], [], color="#444444", lw=1.0, ls="--", label="Pareto front"),
                    Line2D([], [], marker="o", ls="", color=OTHER_COLOR, ms=3.5, label="Pareto-optimal"),
                    Line2D([], [], marker="o", ls="", color=MUTED, ms=3.5, label="dominated")]
         if ref is not None and ref in s.index:
             handles.append(Line2D([], [], marker="o", ls="", color=REF_COLOR, mec="black", mew=0.6, ms=4,
-                                  label=ref))
-        ax.legend(handles=handles, loc="upper right", frameon=True, framealpha=0.9, edgecolor="none")
+                                  label=table.name(ref)))
+        ax.legend(handles=handles, loc="upper right", frameon=True, framealpha=0.9, edgecolor="none",
+                  handlelength=2.6)
         fig.tight_layout()
         files = save(fig, stem)
     cap = ("Pooled test DSC (mean over seeds) against inference latency (mean over the runs' recorded medians, "

@@ -63,7 +63,8 @@ def place_labels(ax, xs, ys, labels, *, fontsize: float = 6.0, colors=None, weig
             if ring >= 1 else None
         artists.append(ax.annotate(labels[i], (xs[i], ys[i]), xytext=offset, textcoords="offset points",
                                    ha="center", va="center", fontsize=fontsize, color=colour, fontweight=weight,
-                                   arrowprops=arrow, annotation_clip=False))
+                                   arrowprops=arrow, annotation_clip=False,
+                                   bbox=dict(boxstyle="square,pad=0.1", fc="white", ec="none", alpha=0.7)))
     return artists
 
 

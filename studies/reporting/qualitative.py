@@ -9,6 +9,7 @@ run's best checkpoint, rebuilt with ``zoo.registry.create_model(model, **overrid
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,17 +27,26 @@ from matplotlib.lines import Line2D  # noqa: E402
 KEY, TITLE = "qualitative", "Qualitative results"
 
 
-def choose_ids(per_image: pd.DataFrame, n_hard: int = 2) -> list[tuple[str, str]]:
-    """(id, why) for the hardest ``n_hard`` images, the median and the best image of one run."""
+def choose_ids(per_image: pd.DataFrame, n_hard: int = 1) -> list[tuple[str, str]]:
+    """(id, why) for the worst (``n_hard`` hardest), the median and the best image of one run."""
     ranked = per_image.sort_values(["dsc", "id"], kind="stable").reset_index(drop=True)
     picks: list[tuple[str, str]] = []
     for i in range(min(n_hard, len(ranked))):
-        picks.append((str(ranked.at[i, "id"]), f"hard #{i + 1}"))
+        picks.append((str(ranked.at[i, "id"]), "worst" if i == 0 else f"hard #{i + 1}"))
     if len(ranked):
         picks.append((str(ranked.at[(len(ranked) - 1) // 2, "id"]), "median"))
         picks.append((str(ranked.at[len(ranked) - 1, "id"]), "best"))
     seen: set[str] = set()
     return [(i, w) for i, w in picks if not (i in seen or seen.add(i))]
+
+
+def spread_ids(per_image: pd.DataFrame, k: int = 12) -> list[str]:
+    """``k`` ids spread over the DSC ranking of one run (worst, ..., median, ..., best)."""
+    ranked = per_image.sort_values(["dsc", "id"], kind="stable")["id"].astype(str).to_list()
+    if len(ranked) <= k:
+        return ranked
+    pos = np.unique(np.round(np.linspace(0, len(ranked) - 1, k)).astype(int))
+    return [ranked[i] for i in pos]
 
 
 def _import(*names: str):
@@ -108,99 +118,138 @@ def per_image_dsc(prob: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.where(den == 0, 1.0, 2 * tp / np.where(den == 0, 1.0, den))
 
 
-def qualitative_grid(group: Group, results_root: Path, suite: str, per_image: dict[tuple[str, int], pd.DataFrame],
-                     stem: Path, *, max_variants: int = 6, ids: list[str] | None = None) -> FigureOutcome:
+@dataclass
+class Predictions:
+    """Test images, masks and each variant's thresholded predictions on them (None: why not, in ``notes``)."""
+
+    ids: list[str]
+    images: np.ndarray
+    masks: np.ndarray
+    preds: dict[str, np.ndarray | None]
+    dsc: dict[str, np.ndarray | None]
+    notes: dict[str, str]
+    seed: int
+
+
+def predict_variants(group: Group, results_root: Path, suite: str, per_image: dict[tuple[str, int], pd.DataFrame],
+                     ids: list[str], seed: int) -> Predictions | str:
+    """Predictions of every variant of the group (its run of ``seed``, else its first seed) on ``ids``.
+
+    Returns a reason string when the test images cannot be loaded; a variant without a checkpoint or whose
+    prediction fails gets ``None`` and a note, never an exception.
+    """
     runs = group.runs
-    anchor = group.reference or group.variants[0]
-    anchor_seeds = sorted(s for (v, s) in per_image if v == anchor)
-    if not anchor_seeds and not ids:
-        return _skip(KEY, TITLE, f"no per_image.csv for {anchor}: cannot pick the test images")
-    seed = anchor_seeds[0] if anchor_seeds else int(runs["seed"].min())
-    variants = [anchor] + [v for v in group.variants if v != anchor][: max_variants - 1]
-    dropped = len(group.variants) - len(variants)
-    chosen: list[tuple[str, pd.Series]] = []
-    for v in variants:
+    rows = {}
+    for v in group.variants:
         sub = runs[runs["variant"] == v].sort_values("seed")
         same = sub[sub["seed"] == seed]
-        row = same.iloc[0] if len(same) else sub.iloc[0]
-        rec = run_dir(results_root, suite, row)
-        if rec is not None and (rec / "checkpoints" / "best.pt").is_file() and read_config(rec):
-            chosen.append((v, row))
-    if not chosen:
-        return _skip(KEY, TITLE, "no run has a best checkpoint and config.json")
-    if ids:
-        picks = [(str(i), "chosen") for i in ids]
-    else:
-        picks = choose_ids(per_image[(anchor, seed)])
+        rows[v] = same.iloc[0] if len(same) else sub.iloc[0]
     load_split = _import("engine.data.load_split")
     if load_split is None:
-        return _skip(KEY, TITLE, "engine.data.load_split is not available")
-    first_cfg = read_config(run_dir(results_root, suite, chosen[0][1])) or {}
-    size = _size_of(first_cfg)
+        return "engine.data.load_split is not available"
+    cfg = next((c for c in (read_config(run_dir(results_root, suite, r)) for r in rows.values()) if c), {})
     try:
-        split = load_split(group.dataset, "test", protocol=group.protocol, size=size)
+        split = load_split(group.dataset, "test", protocol=group.protocol, size=_size_of(cfg))
     except Exception as exc:  # DataError and friends: the figure is skipped, the report goes on
-        return _skip(KEY, TITLE, f"test split unavailable ({' '.join(str(exc).split())})")
+        return f"test split unavailable ({' '.join(str(exc).split())[:160]})"
     index = {str(i): k for k, i in enumerate(split.ids)}
-    missing = [i for i, _ in picks if i not in index]
-    picks = [(i, w) for i, w in picks if i in index]
-    if not picks:
-        return _skip(KEY, TITLE, f"none of the chosen ids is in the {group.dataset} test split")
-    sel = [index[i] for i, _ in picks]
+    ids = [i for i in ids if i in index]
+    if not ids:
+        return f"none of the chosen ids is in the {group.dataset} test split"
+    sel = [index[i] for i in ids]
     images = np.asarray(split.images)[sel]
     masks = np.asarray(split.masks)[sel]
-    preds: list[tuple[str, np.ndarray, np.ndarray]] = []
-    notes = []
-    for v, row in chosen:
+    preds, dscs, notes = {}, {}, {}
+    for v, row in rows.items():
         rec = run_dir(results_root, suite, row)
+        preds[v] = dscs[v] = None
+        if rec is None or not (rec / "checkpoints" / "best.pt").is_file() or not read_config(rec):
+            notes[v] = "checkpoint missing"
+            continue
         try:
             prob = predict_run(rec, images)
         except Exception as exc:
-            notes.append(f"{v}: prediction failed ({' '.join(str(exc).split())[:120]})")
+            notes[v] = f"prediction failed ({' '.join(str(exc).split())[:100]})"
             continue
         dsc = per_image_dsc(prob, masks)
         recorded = per_image.get((v, int(row["seed"])))
         if recorded is not None:
-            rec_dsc = recorded.set_index("id")["dsc"].reindex([i for i, _ in picks]).to_numpy(dtype=float)
-            if np.nanmax(np.abs(rec_dsc - dsc)) > 1e-3:
-                notes.append(f"{v}: recomputed DSC differs from per_image.csv by up to "
-                             f"{np.nanmax(np.abs(rec_dsc - dsc)) * 100:.2f} pp")
-        preds.append((v, prob >= 0.5, dsc))
-    if not preds:
-        return _skip(KEY, TITLE, "; ".join(notes) or "no prediction could be made")
-    files = _draw(images, masks, picks, preds, group.reference, stem)
+            rec_dsc = recorded.set_index("id")["dsc"].reindex(ids).to_numpy(dtype=float)
+            gap = np.nanmax(np.abs(rec_dsc - dsc)) if np.isfinite(rec_dsc).any() else 0.0
+            if gap > 1e-3:
+                notes[v] = f"recomputed DSC differs from per_image.csv by up to {gap * 100:.2f} pp"
+        preds[v], dscs[v] = prob >= 0.5, dsc
+    return Predictions(ids, images, masks, preds, dscs, notes, seed)
+
+
+def qualitative_grid(group: Group, results_root: Path, suite: str, per_image: dict[tuple[str, int], pd.DataFrame],
+                     stem: Path, *, max_variants: int = 0, ids: list[str] | None = None,
+                     names: dict[str, str] | None = None) -> FigureOutcome:
+    """Worst, median and best test image of the reference (or ``ids``) x every variant of the table.
+
+    ``max_variants`` > 0 caps the columns (0: all). Variants without a checkpoint get an empty panel that says so.
+    """
+    names = names or {}
+    anchor = group.reference or group.variants[0]
+    anchor_seeds = sorted(s for (v, s) in per_image if v == anchor)
+    if not anchor_seeds and not ids:
+        return _skip(KEY, TITLE, f"no per_image.csv for {anchor}: cannot pick the test images")
+    seed = anchor_seeds[0] if anchor_seeds else int(group.runs["seed"].min())
+    picks = [(str(i), "chosen") for i in ids] if ids else choose_ids(per_image[(anchor, seed)])
+    res = predict_variants(group, results_root, suite, per_image, [i for i, _ in picks], seed)
+    if isinstance(res, str):
+        return _skip(KEY, TITLE, res)
+    variants = [anchor] + [v for v in group.variants if v != anchor]
+    dropped = 0
+    if max_variants and len(variants) > max_variants:
+        dropped = len(variants) - max_variants
+        variants = variants[:max_variants]
+    if all(res.preds[v] is None for v in variants):
+        return _skip(KEY, TITLE, "no run has a usable best checkpoint ("
+                     + "; ".join(f"{names.get(v, v)}: {res.notes[v]}" for v in variants) + ")")
+    why = dict(picks)
+    picks = [(i, why[i]) for i in res.ids]
+    files = _draw(res, picks, variants, group.reference, stem, names)
     rows_txt = ("the ids given with --qual-ids" if ids else
-                f"the two with the lowest per-image DSC for {anchor} (hard), its median and its best image")
-    cap = (f"Test images of {group.dataset} (rows): {rows_txt}; columns: image, ground truth, and each model's "
-           f"thresholded prediction "
-           f"(blue fill) with the ground-truth contour (yellow) and its per-image DSC (%). Best checkpoint of seed "
-           f"{seed} per model.")
-    if dropped > 0:
-        cap += f" {dropped} further variant(s) not shown (limit {max_variants})."
+                f"the worst, median and best test image of {names.get(anchor, anchor)} by its per-image DSC")
+    cap = (f"Test images of {group.dataset} (rows): {rows_txt}; columns: image, ground truth and every variant's "
+           "thresholded prediction (blue fill) with the ground-truth contour (yellow) and its per-image DSC (%); "
+           f"best checkpoint of seed {seed}.")
+    missing = [names.get(v, v) for v in variants if res.preds[v] is None]
     if missing:
-        notes.append(f"ids not in the test split: {', '.join(missing)}")
-    out = FigureOutcome(KEY, TITLE, files, cap)
+        cap += f" Not shown (checkpoint missing or unusable): {', '.join(missing)}."
+    if dropped:
+        cap += f" {dropped} further variant(s) not shown (limit {max_variants})."
+    notes = [f"{names.get(v, v)}: {n}" for v, n in res.notes.items() if v in variants and res.preds[v] is not None]
     if notes:
-        out.caption += " Notes: " + "; ".join(notes) + "."
-    return out
+        cap += " Notes: " + "; ".join(notes) + "."
+    return FigureOutcome(KEY, TITLE, files, cap)
 
 
-def _draw(images, masks, picks, preds, reference, stem: Path) -> list[Path]:
-    ncols = 2 + len(preds)
+def _draw(res: Predictions, picks, variants, reference, stem: Path, names: dict[str, str]) -> list[Path]:
+    images, masks = res.images, res.masks
+    ncols = 2 + len(variants)
     nrows = len(picks)
-    width = min(FULL_WIDTH, 0.95 * ncols + 0.35)
+    width = min(FULL_WIDTH, 0.85 * ncols + 0.35)
     cell = (width - 0.35) / ncols
     aspect = images.shape[1] / images.shape[2]
     with figure_style():
-        fig, axes = plt.subplots(nrows, ncols, figsize=(width, cell * aspect * nrows + 0.75), squeeze=False,
+        fig, axes = plt.subplots(nrows, ncols, figsize=(width, cell * aspect * nrows + 0.8), squeeze=False,
                                  gridspec_kw=dict(wspace=0.04, hspace=0.06))
-        titles = ["Image", "Ground truth"] + [short_label(v, 14) for v, _, _ in preds]
+        titles = ["Image", "Ground truth"] + [short_label(names.get(v, v), 12) for v in variants]
         for r, (img_id, why) in enumerate(picks):
             img, gt = images[r], masks[r]
             axes[r, 0].imshow(img)
             axes[r, 1].imshow(gt, cmap="gray", vmin=0, vmax=1)
-            for c, (v, pred, dsc) in enumerate(preds, start=2):
+            for c, v in enumerate(variants, start=2):
                 ax = axes[r, c]
+                pred = res.preds[v]
+                if pred is None:
+                    ax.imshow(np.full(img.shape[:2], 0.93), cmap="gray", vmin=0, vmax=1)
+                    ax.text(0.5, 0.5, "checkpoint\nmissing" if res.notes.get(v) == "checkpoint missing"
+                            else "prediction\nfailed", transform=ax.transAxes, ha="center", va="center",
+                            fontsize=5.5, color="#555555")
+                    continue
                 ax.imshow(img)
                 overlay = np.zeros((*pred[r].shape, 4))
                 overlay[pred[r]] = (*_rgb(PRED_COLOR), 0.45)
@@ -209,13 +258,13 @@ def _draw(images, masks, picks, preds, reference, stem: Path) -> list[Path]:
                     ax.contour(pred[r].astype(float), levels=[0.5], colors=[PRED_COLOR], linewidths=0.5)
                 if gt.any():
                     ax.contour(gt.astype(float), levels=[0.5], colors=[GT_COLOR], linewidths=0.6)
-                ax.text(0.03, 0.04, f"{dsc[r] * 100:.1f}", transform=ax.transAxes, fontsize=6, color="white",
-                        ha="left", va="bottom",
+                ax.text(0.03, 0.04, f"{res.dsc[v][r] * 100:.1f}", transform=ax.transAxes, fontsize=5.5,
+                        color="white", ha="left", va="bottom",
                         bbox=dict(boxstyle="square,pad=0.15", fc="black", ec="none", alpha=0.65))
-            axes[r, 0].set_ylabel(f"{_short_id(img_id)}\n({why})", fontsize=5.8, rotation=90, labelpad=2)
+            axes[r, 0].set_ylabel(f"{_short_id(img_id)}\n({why})", fontsize=5.5, rotation=90, labelpad=2)
         for c, t in enumerate(titles):
-            is_ref = c >= 2 and preds[c - 2][0] == reference
-            axes[0, c].set_title(t, fontsize=6, color=REF_COLOR if is_ref else "black",
+            is_ref = c >= 2 and variants[c - 2] == reference
+            axes[0, c].set_title(t, fontsize=5.5, color=REF_COLOR if is_ref else "black",
                                  fontweight="bold" if is_ref else "normal", pad=2)
         for ax in axes.ravel():
             ax.set_xticks([])
@@ -227,9 +276,30 @@ def _draw(images, masks, picks, preds, reference, stem: Path) -> list[Path]:
                    Patch(facecolor="black", alpha=0.65, label="number: per-image DSC (%)")]
         fig.legend(handles=handles, loc="lower center", ncol=3, frameon=False, bbox_to_anchor=(0.5, -0.01),
                    fontsize=6, handlelength=1.4)
-        fig.subplots_adjust(left=0.06, right=0.995, top=1 - 0.3 / fig.get_figheight(),
+        fig.subplots_adjust(left=0.06, right=0.995, top=1 - 0.35 / fig.get_figheight(),
                             bottom=0.3 / fig.get_figheight())
         return save(fig, stem)
+
+
+def overlay_png(image: np.ndarray, gt: np.ndarray, pred: np.ndarray | None, path: Path, size: int = 192) -> Path:
+    """A small PNG of the image with the ground truth (yellow contour) and the prediction (blue fill)."""
+    from PIL import Image
+
+    img = np.asarray(image, dtype=np.float32)
+    if img.max() > 1.5:
+        img = img / 255.0
+    out = img.copy()
+    g = np.asarray(gt) >= 0.5
+    if pred is not None:
+        p = np.asarray(pred, bool)
+        out[p] = 0.55 * out[p] + 0.45 * np.array(_rgb(PRED_COLOR))
+    edge = g & ~(np.roll(g, 1, 0) & np.roll(g, -1, 0) & np.roll(g, 1, 1) & np.roll(g, -1, 1))
+    out[edge] = _rgb(GT_COLOR)
+    pil = Image.fromarray((np.clip(out, 0, 1) * 255).astype(np.uint8))
+    pil.thumbnail((size, size))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pil.save(path, optimize=True)
+    return path
 
 
 def _short_id(img_id: str) -> str:
