@@ -1,14 +1,13 @@
-"""Loading checkpoints written by the official EGE-UNet code (MODELS.md §1.8).
+"""Loading checkpoints written by the official EGE-UNet code (docs/models.md §1.8).
 
-The authority for official names, shapes and order is ``official_egeunet_state_dict.tsv`` (314 keys),
-found under ``$EGEUNET_SPEC`` (a folder or the file itself) or ``../shared/spec`` beside the checkout.
+The authority for official names, shapes and order is ``tests/data/official_egeunet_state_dict.tsv``
+(314 keys, committed with the tests; provenance in docs/models.md §1.8), so these tests never skip.
 """
 
 from __future__ import annotations
 
 import io
 import math
-import os
 from collections import OrderedDict
 from pathlib import Path
 
@@ -18,25 +17,13 @@ import torch
 from egeunet import EGEUNet, EGEUNetConfig, OfficialCheckpointError, load_official_state_dict
 from egeunet.official import export_official_state_dict
 
-REPO = Path(__file__).resolve().parents[1]
-TSV_NAME = "official_egeunet_state_dict.tsv"
-
-
-def _tsv_path() -> Path | None:
-    env = os.environ.get("EGEUNET_SPEC")
-    candidates = []
-    if env:
-        p = Path(env)
-        candidates.append(p if p.suffix == ".tsv" else p / TSV_NAME)
-    candidates.append(REPO.parent / "shared" / "spec" / TSV_NAME)
-    return next((c for c in candidates if c.is_file()), None)
+TSV_PATH = Path(__file__).resolve().parent / "data" / "official_egeunet_state_dict.tsv"
 
 
 @pytest.fixture(scope="module")
 def tsv() -> list[tuple[str, tuple[int, ...], int]]:
-    path = _tsv_path()
-    if path is None:
-        pytest.skip(f"{TSV_NAME} not found (set EGEUNET_SPEC or provide ../shared/spec)")
+    path = TSV_PATH
+    assert path.is_file(), f"{path} is missing: it is part of the repository (docs/models.md §1.8)"
     rows = []
     lines = path.read_text().splitlines()
     assert lines[0].split("\t") == ["key", "shape", "numel"]
