@@ -34,7 +34,7 @@ import torch
 __all__ = [
     "STATUS_FILE", "FINISHED_STATUSES", "record_dir_for", "atomic_write", "atomic_write_bytes", "atomic_write_text",
     "atomic_write_json", "atomic_write_csv", "atomic_torch_save", "read_json", "write_status", "read_status",
-    "is_finished", "load_record", "RunRecord", "jsonable",
+    "is_finished", "load_record", "RunRecord", "Session", "RecordError", "RECORD_SCHEMA", "jsonable",
 ]
 
 STATUS_FILE = "status.json"
@@ -148,7 +148,8 @@ def write_status(record_dir: str | os.PathLike, status: str, reason: str | None 
     """Write ``status.json``; call it only after every other file of the record is complete."""
     if status not in FINISHED_STATUSES:
         raise ValueError(f"status must be one of {FINISHED_STATUSES}, got {status!r}")
-    atomic_write_json(Path(record_dir) / STATUS_FILE, {"status": status, "reason": reason, **extra})
+    atomic_write_json(Path(record_dir) / STATUS_FILE,
+                      {"status": status, "reason": reason, "schema": RECORD_SCHEMA, **extra})
 
 
 def read_status(record_dir: str | os.PathLike) -> dict[str, Any] | None:
@@ -169,9 +170,59 @@ def is_finished(record_dir: str | os.PathLike) -> bool:
 
 
 # ------------------------------------------------------------------------------ loading
+#: record layout version, written into status.json; records without it are version 1 (loaded with fallbacks)
+RECORD_SCHEMA = 2
+
+
+class RecordError(ValueError):
+    """A record file cannot be read: the message is one line naming the file and what to do."""
+
+
+@dataclass(frozen=True)
+class Session:
+    """One training session of a run (``env.json`` ``sessions``): where, how and on which code it ran.
+
+    ``device_type`` / ``precision`` are derived for version-1 records from ``device`` and ``amp``;
+    ``numerics_version`` and ``path`` are None where a record predates them.
+    """
+
+    device: str | None
+    device_type: str | None
+    precision: str | None
+    numerics_version: int | None
+    path: str | None
+    git_commit: str | None
+    git_dirty: bool | None
+    start_epoch: int | None = None
+    time_utc: str | None = None
+    hostname: str | None = None
+    threads: int | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Session":
+        device = d.get("device")
+        device_type = d.get("device_type") or (str(device).split(":")[0] if device else None)
+        precision = d.get("precision")
+        if precision is None and device_type is not None and "amp" in d:
+            precision = "amp-fp16" if d["amp"] else ("fp32" if device_type == "cpu" else None)
+        path = d.get("path") or ({True: "fast", False: "plain"}.get(d["fast_path"]) if "fast_path" in d else None)
+        return cls(device=device, device_type=device_type, precision=precision,
+                   numerics_version=d.get("numerics_version"), path=path, git_commit=d.get("git_commit"),
+                   git_dirty=d.get("git_dirty"), start_epoch=d.get("start_epoch"), time_utc=d.get("time_utc"),
+                   hostname=d.get("hostname"), threads=d.get("threads"))
+
+    def resume_key(self) -> dict[str, Any]:
+        return {"device_type": self.device_type, "precision": self.precision,
+                "numerics_version": self.numerics_version, "path": self.path}
+
+
 @dataclass
 class RunRecord:
-    """The files of one run record (missing files are None / empty)."""
+    """One run record, read by :func:`load_record`: the parsed files plus typed views of what readers need.
+
+    The dicts (``config``, ``env``, ``metrics``, ``complexity``, ``status``) are the files as written (None when
+    absent); the properties are the only place that knows their keys and the fallbacks for older records.
+    """
 
     record_dir: Path
     status: dict[str, Any] | None
@@ -182,13 +233,137 @@ class RunRecord:
     history: list[dict[str, Any]] = field(default_factory=list)
     per_image: list[dict[str, Any]] = field(default_factory=list)
 
+    # -- identity and state
+    @property
+    def config_hash(self) -> str:
+        return self.record_dir.name
+
+    @property
+    def schema(self) -> int:
+        return int((self.status or {}).get("schema", 1))
+
     @property
     def finished(self) -> bool:
         return self.status is not None
 
     @property
-    def config_hash(self) -> str:
-        return self.record_dir.name
+    def done(self) -> bool:
+        return (self.status or {}).get("status") == "done"
+
+    @property
+    def reason(self) -> str | None:
+        return (self.status or {}).get("reason")
+
+    @property
+    def model(self) -> str | None:
+        return (self.config or {}).get("model")
+
+    @property
+    def dataset(self) -> str | None:
+        return (self.config or {}).get("dataset")
+
+    @property
+    def seed(self) -> int | None:
+        return (self.config or {}).get("seed")
+
+    @property
+    def data_id(self) -> str | None:
+        """The data fingerprint the run was defined on (None for records that predate it)."""
+        return (self.config or {}).get("data") or None
+
+    @property
+    def recipe_epochs(self) -> int | None:
+        return ((self.config or {}).get("recipe") or {}).get("epochs")
+
+    # -- where and on what it ran
+    @property
+    def sessions(self) -> list[Session]:
+        return [Session.from_dict(s) for s in (self.env or {}).get("sessions") or [] if isinstance(s, dict)]
+
+    @property
+    def first_session(self) -> Session | None:
+        sessions = self.sessions
+        return sessions[0] if sessions else None
+
+    @property
+    def numerics_version(self) -> int | None:
+        first = self.first_session
+        return first.numerics_version if first else None
+
+    @property
+    def precision(self) -> str | None:
+        first = self.first_session
+        return first.precision if first else None
+
+    @property
+    def device_label(self) -> str | None:
+        """``cpu``, ``cuda (NVIDIA H200)``, or ``cuda -> cpu`` for a run resumed on another device."""
+        env = self.env or {}
+        dev = env.get("device")
+        if dev is None:
+            return None
+        name = env.get("device_name")
+        last = f"{dev} ({name})" if name and str(dev).startswith("cuda") else str(dev)
+        seen: list[str] = []
+        for s in self.sessions:
+            if s.device and (not seen or seen[-1] != s.device):
+                seen.append(str(s.device))
+        return " -> ".join([*seen[:-1], last]) if len(seen) > 1 else last
+
+    @property
+    def commit(self) -> str | None:
+        """The commit of the last session, ``+dirty`` when its code differed from it."""
+        env = self.env or {}
+        commit = env.get("git_commit") or env.get("commit")
+        if commit is not None and env.get("git_dirty"):
+            commit = f"{commit}+dirty"
+        return commit
+
+    # -- results
+    @property
+    def test_metrics(self) -> dict[str, Any]:
+        """The held-out (test) summary of ``metrics.json`` (empty for a failed or unfinished run)."""
+        test = (self.metrics or {}).get("test")
+        return test if isinstance(test, dict) else {}
+
+    @property
+    def params(self) -> int | None:
+        value = (self.complexity or {}).get("params")
+        if value is None:
+            value = (self.metrics or {}).get("params")
+        return int(value) if value is not None else None
+
+    @property
+    def thop_macs(self) -> float | None:
+        return (self.complexity or {}).get("thop_macs")
+
+    @property
+    def flopcounter_flops(self) -> float | None:
+        return (self.complexity or {}).get("flopcounter_flops")
+
+    @property
+    def latency_ms(self) -> float | None:
+        return (self.complexity or {}).get("latency_ms_median")
+
+    @property
+    def best_epoch(self) -> int | None:
+        return (self.metrics or {}).get("best_epoch")
+
+    @property
+    def epochs(self) -> int | None:
+        value = (self.metrics or {}).get("epochs")
+        if value is None and self.history:
+            value = max(int(h["epoch"]) for h in self.history if h.get("epoch") not in (None, ""))
+        return value
+
+    @property
+    def wall_s(self) -> float | None:
+        value = (self.metrics or {}).get("wall_s")
+        return value if value is not None else (self.status or {}).get("wall_s")
+
+    @property
+    def synthetic(self) -> bool | None:
+        return (self.metrics or {}).get("synthetic")
 
     def history_frame(self):
         import pandas as pd
@@ -212,8 +387,10 @@ class RunRecord:
 def _maybe_json(path: Path) -> Any:
     try:
         return read_json(path)
-    except (FileNotFoundError, json.JSONDecodeError):
+    except FileNotFoundError:
         return None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RecordError(f"{path}: not valid JSON ({e}); restore it from git or rerun the run with --restart")
 
 
 _STRING_COLUMNS = frozenset({"dataset", "split", "id"})
@@ -225,6 +402,8 @@ def _read_csv(path: Path) -> list[dict[str, Any]]:
             rows = list(csv.DictReader(f))
     except FileNotFoundError:
         return []
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise RecordError(f"{path}: not a readable CSV ({e}); restore it from git or rerun the run") from None
     return [{k: v if k in _STRING_COLUMNS else _parse_cell(v) for k, v in r.items()} for r in rows]
 
 
@@ -238,13 +417,20 @@ def _parse_cell(v: str) -> Any:
 
 
 def load_record(record_dir: str | os.PathLike) -> RunRecord:
-    """Read every file of a run record (finished or not)."""
+    """Read every file of a run record (finished or not); a corrupt file raises :class:`RecordError`."""
     d = Path(record_dir)
     if not d.is_dir():
         raise FileNotFoundError(f"no run record at {d}")
+    status_path = d / STATUS_FILE
+    status = _maybe_json(status_path)
+    if status is not None and (not isinstance(status, dict) or status.get("status") not in FINISHED_STATUSES):
+        status = None
+    if status is not None and int(status.get("schema", 1)) > RECORD_SCHEMA:
+        raise RecordError(f"{status_path}: record schema {status['schema']} is newer than this code "
+                          f"({RECORD_SCHEMA}); update the package to read it")
     return RunRecord(
         record_dir=d,
-        status=read_status(d),
+        status=status,
         config=_maybe_json(d / "config.json"),
         env=_maybe_json(d / "env.json"),
         metrics=_maybe_json(d / "metrics.json"),

@@ -71,22 +71,10 @@ def _close(a: Any, b: Any) -> bool:
     return abs(fa - fb) <= _RTOL * max(1.0, abs(fa), abs(fb))
 
 
-def _session_value(session: dict[str, Any], key: str) -> Any:
-    """A session's resume key; device type and precision are derived for records that predate them."""
-    if session.get(key) is not None:
-        return session[key]
-    device = session.get("device")
-    if key == "device_type" and device:
-        return str(device).split(":")[0]
-    if key == "precision" and device and "amp" in session:
-        return "amp-fp16" if session["amp"] else ("fp32" if str(device).startswith("cpu") else None)
-    return None
-
-
 def audit_record(rec: Path) -> tuple[list[Finding], RunFacts | None]:
     """Findings for one run record, and its facts when it is a finished, readable run."""
     from engine.metrics import per_image_metrics, summarize
-    from engine.record import load_record
+    from engine.record import RecordError, load_record
 
     name = f"runs/{rec.name}"
     out: list[Finding] = []
@@ -94,14 +82,17 @@ def audit_record(rec: Path) -> tuple[list[Finding], RunFacts | None]:
     if not (rec / "status.json").is_file():
         return [Finding(name, "complete", "unfinished (running or interrupted): no table reads it until it is done",
                         warning=True)], None
-    r = load_record(rec)
+    try:
+        r = load_record(rec)
+    except RecordError as e:
+        return [Finding(name, "complete", str(e))], None
     if r.status is None or r.status.get("status") != "done":
         reason = (r.status or {}).get("reason")
         return [Finding(name, "complete", f"run status is {(r.status or {}).get('status')!r} ({reason})")], None
     if missing:
         out.append(Finding(name, "complete", f"missing {', '.join(missing)}"))
         return out, None
-    cfg, env, metrics = r.config or {}, r.env or {}, r.metrics or {}
+    cfg, metrics = r.config or {}, r.metrics or {}
     epochs = (cfg.get("recipe") or {}).get("epochs")
     if epochs is not None and len(r.history) != int(epochs):
         out.append(Finding(name, "complete", f"history has {len(r.history)} epochs, the recipe {epochs}"))
@@ -126,24 +117,24 @@ def audit_record(rec: Path) -> tuple[list[Finding], RunFacts | None]:
         if n_bad:
             out.append(Finding(name, "recompute", f"{n_bad} per-image dsc/iou value(s) differ from their counts"))
 
-    sessions = [s for s in env.get("sessions") or [] if isinstance(s, dict)]
+    sessions = r.sessions
     if not sessions:
         out.append(Finding(name, "one device", "env.json lists no sessions"))
-    first = sessions[0] if sessions else {}
     for key in _RESUME_KEYS:
-        values = [_session_value(s, key) for s in sessions]
+        values = [getattr(s, key) for s in sessions]
         if any(v is None for v in values):
             out.append(Finding(name, "one device", f"a session does not record {key} (record predates it)"))
         elif len(set(map(str, values))) > 1:
             out.append(Finding(name, "one device", f"resumed across {key}: {' -> '.join(map(str, values))}"))
     for i, s in enumerate(sessions):
-        if not s.get("git_commit"):
+        if not s.git_commit:
             out.append(Finding(name, "clean", f"session {i} names no commit"))
-        elif s.get("git_dirty") is not False:
-            out.append(Finding(name, "clean", f"session {i} ran on uncommitted code ({str(s['git_commit'])[:10]}, "
-                                              f"git_dirty {s.get('git_dirty')})"))
-    facts = RunFacts(rec.name, _session_value(first, "device_type"), _session_value(first, "precision"),
-                     first.get("numerics_version"),
+        elif s.git_dirty is not False:
+            out.append(Finding(name, "clean", f"session {i} ran on uncommitted code ({s.git_commit[:10]}, "
+                                              f"git_dirty {s.git_dirty})"))
+    first = sessions[0] if sessions else None
+    facts = RunFacts(rec.name, first and first.device_type, first and first.precision,
+                     first and first.numerics_version,
                      {k: float(test[k]) for k in _SUMMARY if isinstance(test.get(k), (int, float))})
     return out, facts
 

@@ -313,7 +313,11 @@ def latency_path(results: str | os.PathLike, model: str, size: int = LATENCY_SIZ
 
 def read_latency_ms(results: str | os.PathLike, model: str, size: int = LATENCY_SIZE) -> float:
     """The cached CPU latency (median ms, batch 1) of ``model``, NaN when not measured."""
-    return _as_float(_read_json(latency_path(results, model, size)).get("latency_ms_median"))
+    try:
+        data = json.loads(latency_path(results, model, size).read_text())
+    except (FileNotFoundError, json.JSONDecodeError, OSError):
+        return math.nan
+    return _as_float(data.get("latency_ms_median")) if isinstance(data, dict) else math.nan
 
 
 def measure_latency(results: str | os.PathLike, model: str, *, threads: int = 1,
@@ -348,49 +352,6 @@ def measure_latency(results: str | os.PathLike, model: str, *, threads: int = 1,
 # ---------------------------------------------------------------------------------------------- table
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-        return data if isinstance(data, dict) else {}
-    except (FileNotFoundError, json.JSONDecodeError, OSError):
-        return {}
-
-
-def _pick(d: dict[str, Any], *keys: str) -> Any:
-    for k in keys:
-        if k in d and d[k] is not None:
-            return d[k]
-    return None
-
-
-def _test_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
-    """The held-out (test) summary of ``metrics.json``, whether flat or nested by split."""
-    if any(k in metrics for k in METRIC_COLUMNS):
-        return metrics
-    for key in ("test", "final", "eval", "val"):
-        sub = metrics.get(key)
-        if isinstance(sub, dict) and any(k in sub for k in METRIC_COLUMNS):
-            return sub
-    return {}
-
-
-def _history_epochs(record: Path) -> int | None:
-    p = record / "history.csv"
-    try:
-        with open(p, newline="") as f:
-            rows = list(csv.DictReader(f))
-    except (FileNotFoundError, OSError):
-        return None
-    if not rows:
-        return 0
-    if "epoch" in rows[0]:
-        try:
-            return max(int(float(r["epoch"])) for r in rows if r.get("epoch") not in (None, ""))
-        except ValueError:
-            pass
-    return len(rows)
-
-
 def _as_float(x: Any) -> float:
     try:
         return float(x)
@@ -399,65 +360,35 @@ def _as_float(x: Any) -> float:
 
 
 def record_row(record: Path) -> dict[str, Any]:
-    """The table fields found in one finished run record (missing ones are NaN / None).
+    """The table fields of one finished run record, read through :class:`engine.record.RunRecord`
+    (missing ones are NaN / None).
 
     ``gmacs`` is the legacy-thop MAC count in G (the papers' "GFLOPs"); ``flop_counter_gmacs`` is
-    ``torch.utils.flop_counter`` FLOPs / 2 (PROTOCOL section 6).
+    ``torch.utils.flop_counter`` FLOPs / 2 (docs/protocol.md section 6).
     """
-    status = _read_json(record / "status.json")
-    metrics = _read_json(record / "metrics.json")
-    comp = _read_json(record / "complexity.json")
-    env = _read_json(record / "env.json")
-    test = _test_metrics(metrics)
+    from engine.record import load_record
 
+    r = load_record(record)
+    test = r.test_metrics
     row: dict[str, Any] = {m: _as_float(test.get(m)) for m in METRIC_COLUMNS}
-    thop = _pick(comp, "thop_macs")
-    fc_flops = _pick(comp, "flopcounter_flops")
-    params = _pick(comp, "params")
-    if params is None:
-        params = _pick(metrics, "params")
-    commit = _pick(env, "git_commit", "commit")
-    if commit is not None and env.get("git_dirty"):
-        commit = f"{commit}+dirty"
-    config = _read_json(record / "config.json")
     row.update(
-        data=config.get("data") or None,
-        numerics_version=env.get("numerics_version"),
-        precision=env.get("precision"),
-        params=int(params) if params is not None else None,
-        gmacs=_as_float(thop) / 1e9 if thop is not None else math.nan,
-        flop_counter_gmacs=_as_float(fc_flops) / 2e9 if fc_flops is not None else math.nan,
-        latency_ms=_as_float(_pick(comp, "latency_ms_median")),
-        best_epoch=_pick(metrics, "best_epoch"),
-        epochs=_pick(metrics, "epochs"),
-        wall_s=_as_float(_pick(metrics, "wall_s") or _pick(status, "wall_s")),
-        device=_device_label(env),
-        status=status.get("status"),
-        reason=status.get("reason"),
-        commit=commit,
-        synthetic=_pick(metrics, "synthetic"),
+        data=r.data_id,
+        numerics_version=r.numerics_version,
+        precision=r.precision,
+        params=r.params,
+        gmacs=_as_float(r.thop_macs) / 1e9 if r.thop_macs is not None else math.nan,
+        flop_counter_gmacs=_as_float(r.flopcounter_flops) / 2e9 if r.flopcounter_flops is not None else math.nan,
+        latency_ms=_as_float(r.latency_ms),
+        best_epoch=r.best_epoch,
+        epochs=r.epochs,
+        wall_s=_as_float(r.wall_s),
+        device=r.device_label,
+        status=(r.status or {}).get("status"),
+        reason=r.reason,
+        commit=r.commit,
+        synthetic=r.synthetic,
     )
-    if row["epochs"] is None:
-        row["epochs"] = _history_epochs(record)
     return row
-
-
-def _device_label(env: dict[str, Any]) -> str | None:
-    """Where the run trained: ``cpu``, ``cuda (NVIDIA H200)``, or ``cuda -> cpu`` for a run resumed on
-    another device (the record's sessions, in order). None for a record without env.json."""
-    dev = env.get("device")
-    if dev is None:
-        return None
-    name = env.get("device_name")
-    last = f"{dev} ({name})" if name and str(dev).startswith("cuda") else str(dev)
-    seen: list[str] = []
-    for s in env.get("sessions") or []:
-        d = str(s.get("device")) if isinstance(s, dict) and s.get("device") else None
-        if d and (not seen or seen[-1] != d):
-            seen.append(d)
-    if len(seen) > 1:
-        return " -> ".join([*seen[:-1], last])
-    return last
 
 
 def build_table(results: str | os.PathLike, suite: Suite | str) -> pd.DataFrame:

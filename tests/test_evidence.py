@@ -121,3 +121,31 @@ def test_git_dirty_is_false_for_a_run_in_a_clean_clone(tmp_path):
     assert env["git_commit"] == head and env["git_dirty"] is False
     assert subprocess.run(["git", "status", "--porcelain"], cwd=clone, capture_output=True,
                           text=True).stdout.strip()  # the suite did write into the checkout
+
+
+def test_run_record_reads_old_records_and_names_a_corrupt_file(tmp_path):
+    from engine.record import RECORD_SCHEMA, RecordError, load_record, write_status
+
+    rec = tmp_path / "runs" / "abc"
+    rec.mkdir(parents=True)
+    # a version-1 record: no schema in status.json, sessions without device_type / precision / numerics
+    (rec / "status.json").write_text(json.dumps({"status": "done", "reason": None}))
+    (rec / "env.json").write_text(json.dumps({"device": "cpu", "git_commit": "c0ffee", "git_dirty": True,
+                                              "sessions": [{"device": "cuda:0", "amp": True, "fast_path": False},
+                                                           {"device": "cpu", "amp": False, "fast_path": True}]}))
+    (rec / "metrics.json").write_text(json.dumps({"test": {"pooled_dsc": 0.5}, "epochs": 3}))
+    r = load_record(rec)
+    assert r.schema == 1 and r.done and r.test_metrics["pooled_dsc"] == 0.5 and r.epochs == 3
+    assert [s.resume_key() for s in r.sessions] == [
+        {"device_type": "cuda", "precision": "amp-fp16", "numerics_version": None, "path": "plain"},
+        {"device_type": "cpu", "precision": "fp32", "numerics_version": None, "path": "fast"}]
+    assert r.device_label == "cuda:0 -> cpu" and r.commit == "c0ffee+dirty" and r.data_id is None
+    write_status(rec, "done")
+    assert load_record(rec).schema == RECORD_SCHEMA
+    (rec / "metrics.json").write_text("{not json")
+    with pytest.raises(RecordError, match=str(rec / "metrics.json")):
+        load_record(rec)
+    (rec / "metrics.json").unlink()
+    (rec / "status.json").write_text(json.dumps({"status": "done", "schema": RECORD_SCHEMA + 1}))
+    with pytest.raises(RecordError, match="newer"):
+        load_record(rec)

@@ -306,8 +306,12 @@ def test_a_failed_run_gives_exit_1_after_the_others(reference, tmp_path):
     assert table.loc[second, "status"] == "done" and len(table) == N_SMOKE
 
 
-def test_device_label_names_every_device_a_run_trained_on():
-    label = store._device_label
+def test_device_label_names_every_device_a_run_trained_on(tmp_path):
+    from engine.record import RunRecord
+
+    def label(env):
+        return RunRecord(tmp_path, None, None, env, None, None).device_label
+
     assert label({}) is None
     assert label({"device": "cpu", "sessions": [{"device": "cpu"}, {"device": "cpu"}]}) == "cpu"
     assert label({"device": "cuda", "device_name": "NVIDIA H200", "sessions": [{"device": "cuda"}]}) \
