@@ -1,10 +1,10 @@
-"""MALUNet (Ruan et al., BIBM 2022), written from the behaviour described in MODELS.md §4.
+"""MALUNet (Ruan et al., BIBM 2022), written from the behaviour described in docs/models.md §4.
 
 Channel list (8, 16, 24, 32, 48, 64), split-attention mode "fc", bridge on. The original ends
 in a sigmoid; under the suite contract this model returns **logits** and the engine applies
 the sigmoid (:func:`zoo.contract.predict_proba`).
 
-Tied external-attention weights (MODELS.md §4.4). In the original, the 4C->C ``Conv1d`` weight
+Tied external-attention weights (docs/models.md §4.4). In the original, the 4C->C ``Conv1d`` weight
 of every inverted-external-attention block is a *permuted view* of the C->4C ``Conv1d``
 weight: two ``nn.Parameter`` objects over one storage. Two modes are offered:
 
@@ -309,7 +309,7 @@ class MALUNet(nn.Module):
 
 
 def _init_weights(m: nn.Module) -> None:
-    """MODELS.md §4.2: Linear trunc-normal 0.02; Conv1d N(0, sqrt(2/(k*out))); Conv2d N(0, sqrt(2/fan_out)).
+    """docs/models.md §4.2: Linear trunc-normal 0.02; Conv1d N(0, sqrt(2/(k*out))); Conv2d N(0, sqrt(2/fan_out)).
 
     ``apply`` visits ``expand`` before ``reduce``, so in alias mode the shared memory ends with
     the 4C -> C layer's draw (std sqrt(2/C)), as in the original.
@@ -331,7 +331,7 @@ def _init_weights(m: nn.Module) -> None:
 
 
 def malunet_part_params(widths: tuple[int, ...] = WIDTHS, tie: str = "alias") -> dict[str, int]:
-    """Parameter count per part from the spec formulas (MODELS.md §4.3)."""
+    """Parameter count per part from the spec formulas (docs/models.md §4.3)."""
     c = widths
     iea = lambda n: 10 * n * n + 3 * n - (4 * n * n if tie == "single" else 0)  # noqa: E731
     dga = lambda a, b: 3 * a * a + 67 * a + 2 * a * b + 2 * b  # noqa: E731
@@ -355,7 +355,7 @@ def malunet_part_params(widths: tuple[int, ...] = WIDTHS, tie: str = "alias") ->
     "malunet",
     family="malunet",
     params=177_943,
-    thop_macs=83_000_000,  # MODELS.md §0.1: 0.0830 G (3 significant digits)
+    thop_macs=83_000_000,  # docs/models.md §0.1: 0.0830 G (3 significant digits)
     macs_rel_tol=0.001,
     min_side=32,
     non_square=(64, 96),

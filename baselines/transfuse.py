@@ -1,6 +1,6 @@
 """TransFuse (Zhang et al., MICCAI 2021): TransFuse-S at 256 x 256 and the project's TransFuse-lite(-T).
 
-Written from MODELS.md §5. One parametrised network covers the family:
+Written from docs/models.md §5. One parametrised network covers the family:
 
 * CNN branch: a stem (conv stride 2, no bias -> BN -> ReLU -> max-pool 3/2/1) and three
   ResNet layers of BasicBlocks giving g2 (c1 @ H/4), g1 (c2 @ H/8), g0 (c3 @ H/16).
@@ -420,7 +420,7 @@ def _init_fusion(m: nn.Module) -> None:
 
 
 def transfuse_part_params(cfg: TransFuseConfig | None = None) -> dict[str, int]:
-    """Parameter count per part from the spec formulas (MODELS.md §5.2; also valid for TransFuse-S)."""
+    """Parameter count per part from the spec formulas (docs/models.md §5.2; also valid for TransFuse-S)."""
     cfg = cfg or TransFuseConfig()
     c1, c2, c3 = cfg.cnn_widths
     d, k = cfg.dim, cfg.stem_kernel
@@ -464,7 +464,7 @@ def transfuse_part_params(cfg: TransFuseConfig | None = None) -> dict[str, int]:
     "transfuse_s",
     family="transfuse",
     params=26_273_301,
-    thop_macs=11_528_000_000,  # MODELS.md §5.1: 11.528 G at 256 x 256 (misses 0.40 G of attention matmuls)
+    thop_macs=11_528_000_000,  # docs/models.md §5.1: 11.528 G at 256 x 256 (misses 0.40 G of attention matmuls)
     macs_rel_tol=0.001,
     heavy=True,
     min_side=16,
@@ -479,7 +479,7 @@ def transfuse_s(**overrides: Any) -> nn.Module:
     "transfuse_lite",
     family="transfuse",
     params=415_109,
-    thop_macs=326_000_000,  # MODELS.md §5.2: 0.326 G
+    thop_macs=326_000_000,  # docs/models.md §5.2: 0.326 G
     macs_rel_tol=0.01,
     min_side=16,
     non_square=(64, 96),
@@ -493,7 +493,7 @@ def transfuse_lite(**overrides: Any) -> nn.Module:
     "transfuse_lite_t",
     family="transfuse",
     params=122_125,
-    thop_macs=91_000_000,  # MODELS.md §5.2: 0.091 G
+    thop_macs=91_000_000,  # docs/models.md §5.2: 0.091 G
     macs_rel_tol=0.01,
     min_side=16,
     non_square=(64, 96),

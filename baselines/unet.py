@@ -1,4 +1,4 @@
-"""UNet-32: the UNet of the EGE-UNet / MALUNet comparison tables (MODELS.md §2).
+"""UNet-32: the UNet of the EGE-UNet / MALUNet comparison tables (docs/models.md §2).
 
 The tables' "UNet" (7.77 M params / 13.76 GFLOPs) is matched only by the classic padded
 UNet topology with every width halved (32-64-128-256-512), transposed-convolution
@@ -6,7 +6,7 @@ up-sampling and bias-free 3x3 convolutions. This identification is an inference 
 numbers (no UNet code exists in the EGE-UNet or MALUNet repositories), so the model is
 called "UNet-32 (EGE-UNet-table UNet)", not "the original UNet" (64...1024 wide).
 
-Counting (MODELS.md §2.3): legacy thop counts a ``ConvTranspose2d`` as output elements x
+Counting (docs/models.md §2.3): legacy thop counts a ``ConvTranspose2d`` as output elements x
 C_in x k^2, i.e. stride^2 = 4 times its true MACs here. The four up-convolutions truly cost
 0.537 G MACs but thop reports 2.147 G (+1.61 G), and thop also adds BatchNorm element
 operations; hence thop's 13.746 G (~ the published 13.76 G) is a counting artefact and the
@@ -103,7 +103,7 @@ class UNet32(nn.Module):
 
 
 def unet32_part_params(base: int = 32, in_channels: int = 3) -> dict[str, int]:
-    """Parameter count per part from the spec formulas (MODELS.md §2.2)."""
+    """Parameter count per part from the spec formulas (docs/models.md §2.2)."""
     dc = lambda a, b: 9 * b * (a + b) + 4 * b  # noqa: E731
     w = [base * 2**i for i in range(5)]
     parts = {"inc": dc(in_channels, w[0])}
@@ -119,7 +119,7 @@ def unet32_part_params(base: int = 32, in_channels: int = 3) -> dict[str, int]:
     "unet32",
     family="unet",
     params=7_763_041,
-    thop_macs=13_746_000_000,  # MODELS.md §0.1: 13.746 G, includes the x4 transposed-conv over-count
+    thop_macs=13_746_000_000,  # docs/models.md §0.1: 13.746 G, includes the x4 transposed-conv over-count
     macs_rel_tol=0.001,
     min_side=16,
     non_square=(64, 96),

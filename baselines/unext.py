@@ -1,4 +1,4 @@
-"""UNeXt and UNeXt-S (Valanarasu & Patel, MICCAI 2022), as in the *released* code (MODELS.md §3).
+"""UNeXt and UNeXt-S (Valanarasu & Patel, MICCAI 2022), as in the *released* code (docs/models.md §3).
 
 The released ``UNext`` differs from the paper text: widths 16-32-128-160-256 (paper: 32-64-128-
 160-256) and MLP hidden width = C (paper: 768); the widely quoted 1.47 M / 0.57 G are those of the
@@ -204,7 +204,7 @@ def _init_token_part(m: nn.Module) -> None:
 
 
 def unext_part_params(cfg: UNeXtConfig | None = None) -> dict[str, int]:
-    """Parameter count per part from the spec formulas (MODELS.md §3.3)."""
+    """Parameter count per part from the spec formulas (docs/models.md §3.3)."""
     cfg = cfg or UNeXtConfig()
     c1, c2, c3, c4, c5 = cfg.widths
     conv = lambda a, b: 9 * a * b + b  # noqa: E731
@@ -225,7 +225,7 @@ def unext_part_params(cfg: UNeXtConfig | None = None) -> dict[str, int]:
     "unext",
     family="unext",
     params=1_471_921,
-    thop_macs=573_000_000,  # MODELS.md §0.1: 0.5730 G (4 significant digits)
+    thop_macs=573_000_000,  # docs/models.md §0.1: 0.5730 G (4 significant digits)
     macs_rel_tol=0.001,
     min_side=32,
     non_square=(64, 96),
@@ -239,7 +239,7 @@ def unext(**overrides: Any) -> nn.Module:
     "unext_s",
     family="unext",
     params=253_561,
-    thop_macs=103_800_000,  # MODELS.md §0.1: 0.1038 G (4 significant digits)
+    thop_macs=103_800_000,  # docs/models.md §0.1: 0.1038 G (4 significant digits)
     macs_rel_tol=0.001,
     min_side=32,
     non_square=(64, 96),

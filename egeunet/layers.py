@@ -1,4 +1,4 @@
-"""Building blocks of EGE-UNet: channels-first LayerNorm, GHPA and GAB (MODELS.md §1.1, §1.4, §1.5).
+"""Building blocks of EGE-UNet: channels-first LayerNorm, GHPA and GAB (docs/models.md §1.1, §1.4, §1.5).
 
 Module and parameter names follow the official implementation so that its checkpoints load
 with ``strict=True`` (see :mod:`egeunet.official`).

@@ -110,7 +110,7 @@ def scaled_widths(multiplier: float, base: tuple[int, ...] = (8, 16, 24, 32, 48,
 
 
 def expected_params(cfg: EGEUNetConfig) -> int:
-    """Parameter count of a configuration from the spec's formulas (MODELS.md §1.4, §1.5, §1.9)."""
+    """Parameter count of a configuration from the spec's formulas (docs/models.md §1.4, §1.5, §1.9)."""
     c = cfg.widths
     conv3 = lambda a, b: 9 * a * b + b  # noqa: E731
     stage = (lambda a, b: ghpa_params(a, b, cfg.ghpa_branches)) if cfg.use_ghpa else conv3
@@ -225,7 +225,7 @@ class EGEUNet(nn.Module):
 
 
 def init_weights(m: nn.Module) -> None:
-    """The official initialisation (MODELS.md §1.6)."""
+    """The official initialisation (docs/models.md §1.6)."""
     if isinstance(m, nn.Conv2d):
         fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
         nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))

@@ -1,10 +1,10 @@
-"""A plain, eager EGE-UNet written straight from the spec (MODELS.md §1): the numerical reference.
+"""A plain, eager EGE-UNet written straight from the spec (docs/models.md §1): the numerical reference.
 
 This file is deliberately simple: no switches, no caching, no fusions, every step of the spec
 spelled out in the order the spec gives it. It is what the fast path (:mod:`engine.fast`) and
 the configurable model (:mod:`egeunet.model`) are checked against.
 
-Parameter names and order are the official ones (MODELS.md §1.8), the same as
+Parameter names and order are the official ones (docs/models.md §1.8), the same as
 :class:`egeunet.model.EGEUNet` with the default config, so ``load_state_dict`` works both ways::
 
     ref = ReferenceEGEUNet()
@@ -30,12 +30,12 @@ DS_WEIGHTS = (0.1, 0.2, 0.3, 0.4, 0.5)
 
 
 def resize(x: Tensor, size: tuple[int, int]) -> Tensor:
-    """Bilinear, ``align_corners=True`` (MODELS.md §1.1)."""
+    """Bilinear, ``align_corners=True`` (docs/models.md §1.1)."""
     return F.interpolate(x, size=size, mode="bilinear", align_corners=True)
 
 
 class LayerNorm2d(nn.Module):
-    """Channels-first LayerNorm (MODELS.md §1.1): per pixel, over C, biased variance, eps 1e-6."""
+    """Channels-first LayerNorm (docs/models.md §1.1): per pixel, over C, biased variance, eps 1e-6."""
 
     def __init__(self, channels: int, eps: float = 1e-6) -> None:
         super().__init__()
@@ -51,7 +51,7 @@ class LayerNorm2d(nn.Module):
 
 
 class ReferenceGHPA(nn.Module):
-    """GHPA(dim_in, dim_out) with the official four branches xy, zx, zy, dw (MODELS.md §1.4)."""
+    """GHPA(dim_in, dim_out) with the official four branches xy, zx, zy, dw (docs/models.md §1.4)."""
 
     def __init__(self, dim_in: int, dim_out: int) -> None:
         super().__init__()
@@ -89,7 +89,7 @@ class ReferenceGHPA(nn.Module):
 
 
 class ReferenceGAB(nn.Module):
-    """GAB(dim_xh, dim_xl) with dilations (1, 2, 5, 7) and the head mask (MODELS.md §1.5)."""
+    """GAB(dim_xh, dim_xl) with dilations (1, 2, 5, 7) and the head mask (docs/models.md §1.5)."""
 
     def __init__(self, dim_xh: int, dim_xl: int) -> None:
         super().__init__()
@@ -192,7 +192,7 @@ def _up2(x: Tensor) -> Tensor:
 
 
 def _init(m: nn.Module) -> None:
-    """Official initialisation (MODELS.md §1.6)."""
+    """Official initialisation (docs/models.md §1.6)."""
     if isinstance(m, nn.Conv2d):
         fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
         nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))

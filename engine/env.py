@@ -1,6 +1,6 @@
 """Run environment: code version, library versions, device; seeding and RNG state capture.
 
-``collect_env`` feeds ``env.json`` of every run record (PROTOCOL §9 R1: every run is defined by a
+``collect_env`` feeds ``env.json`` of every run record (docs/protocol.md §9 R1: every run is defined by a
 stored config, seed, code version and environment).
 """
 

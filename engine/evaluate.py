@@ -5,12 +5,12 @@
   :class:`EvalResult` (loss, per-image counts, :func:`engine.metrics.summarize`). Evaluation is
   always in float32 (no AMP), ``model.eval()``, ``torch.inference_mode()``; the ground truth is the
   stored {0, 1} mask at the evaluation resolution (the training size), prediction
-  ``sigmoid(logits) >= 0.5`` (PROTOCOL §5.1).
+  ``sigmoid(logits) >= 0.5`` (docs/protocol.md §5.1).
 * Model selection (:func:`selection_info`): on the ``val`` split. Under ``clean`` that is a
   held-out validation split; under ``paper`` there is no validation split and ``val`` **is the test
   set** (the official code selects ``best.pth`` by the lowest test loss) -- every record says so
   (``selection.on_test_set``).
-* :func:`evaluate_checkpoint` evaluates a stored run's checkpoint on any split / dataset (PROTOCOL
+* :func:`evaluate_checkpoint` evaluates a stored run's checkpoint on any split / dataset (docs/protocol.md
   §9 R7), through :func:`engine.data.check_eval_allowed` (the ISIC 2017 / 2018 overlap guard).
 """
 

@@ -17,7 +17,7 @@ their names: ``state_dict`` keys are the plain model's) and returns the same
    every chunk's gradient into its own zero-filled full-size NCHW tensor and sums them.
 4. **Side outputs**: the 1-channel deep-supervision maps are up-sampled by two small GEMMs with
    ATen's exact bilinear weights (backward ~10x faster than ATen's scatter kernel); at inference
-   they are skipped by default (the final map is bit-identical, MODELS.md §1.3).
+   they are skipped by default (the final map is bit-identical, docs/models.md §1.3).
 5. **Inference**: micro-batches (default ~4 images of 256x256: activations stay cache-sized and
    below glibc's mmap threshold, ~1.7x at batch 16) and the parameter-only GHPA masks cached per
    spatial size, recomputed when a parameter they depend on changes (checked by content: fused

@@ -1,4 +1,4 @@
-"""Losses of the official recipe (PROTOCOL §4): BceDice and the deep-supervised GT-BceDice.
+"""Losses of the official recipe (docs/protocol.md §4): BceDice and the deep-supervised GT-BceDice.
 
 Every model returns logits (:class:`zoo.contract.SegOutput`); the sigmoid is applied here.
 
@@ -91,7 +91,7 @@ class _BceDiceFused(torch.autograd.Function):
 
 
 class BceDice(nn.Module):
-    """The official BceDice loss (PROTOCOL §4) on logits; see the module docstring."""
+    """The official BceDice loss (docs/protocol.md §4) on logits; see the module docstring."""
 
     def __init__(self, wb: float = 1.0, wd: float = 1.0, smooth: float = 1.0, fused: bool = False) -> None:
         super().__init__()
@@ -106,7 +106,7 @@ def model_loss(output: SegOutput | Tensor | tuple, target: Tensor, weights: Sequ
     """``sum_i weights[i] * BceDice(map_i, target)`` over ``(output.logits, *output.aux)``.
 
     ``weights`` is ``model.loss_weights`` (EGE-UNet: ``(1.0, 0.1, 0.2, 0.3, 0.4, 0.5)``, i.e. the
-    GT-BceDice of PROTOCOL §4 with the final map first and the side outputs deepest first). Maps with
+    GT-BceDice of docs/protocol.md §4 with the final map first and the side outputs deepest first). Maps with
     weight 0 are skipped (so a non-finite side output with zero weight cannot poison the sum).
     ``fused`` selects the fused CPU kernel of the default criterion (ignored with ``criterion``).
     """

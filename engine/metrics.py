@@ -1,4 +1,4 @@
-"""Segmentation metrics from per-image confusion counts (PROTOCOL §5).
+"""Segmentation metrics from per-image confusion counts (docs/protocol.md §5).
 
 Everything derives from one int64 array of per-image counts ``N x 4`` with columns
 ``(tn, fp, fn, tp)`` computed once at threshold 0.5 (prediction ``>= threshold``, ground truth
@@ -56,7 +56,7 @@ def confusion_counts(probs: Tensor | np.ndarray, target: Tensor | np.ndarray, th
 
     ``probs``: probabilities (N x 1 x H x W or N x H x W; apply the sigmoid to logits first, or pass
     binary predictions); ``target``: ground truth of the same size, soft or binary. Prediction is
-    ``probs >= threshold``, ground truth ``target >= 0.5`` (PROTOCOL §5.1).
+    ``probs >= threshold``, ground truth ``target >= 0.5`` (docs/protocol.md §5.1).
     """
     p = _flat_per_image(probs)
     t = _flat_per_image(target)

@@ -1,7 +1,7 @@
 """Complexity profiler used by every table: parameters, MACs by three counters, weight size, latency.
 
 :func:`profile_model` returns one flat ``dict`` per model (CSV-friendly; see ``PROFILE_KEYS``).
-Conventions (PROTOCOL.md §6, §7; MODELS.md §0):
+Conventions (docs/protocol.md §6, §7; docs/models.md §0):
 
 * ``params`` = ``sum(p.numel())`` over all parameters; ``trainable_params`` those with
   ``requires_grad``. Buffers (BatchNorm statistics) are reported apart (``buffer_numel``).

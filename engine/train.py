@@ -1,4 +1,4 @@
-"""Training: the official recipe (PROTOCOL §4), budgets, run configs, resumable and deterministic runs.
+"""Training: the official recipe (docs/protocol.md §4), budgets, run configs, resumable and deterministic runs.
 
 Quick use::
 
@@ -86,7 +86,7 @@ CHECKPOINT_FORMAT = 1
 # ============================================================================== recipe and budgets
 @dataclass(frozen=True)
 class Recipe:
-    """The training recipe; defaults = the official EGE-UNet code (PROTOCOL §4). See the module docstring.
+    """The training recipe; defaults = the official EGE-UNet code (docs/protocol.md §4). See the module docstring.
 
     ``max_train_images`` / ``max_eval_images`` keep the first images of the train / val / test splits
     (budgets only; None = all). ``max_loss``: a training step loss above it counts as divergence.

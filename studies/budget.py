@@ -83,9 +83,9 @@ class Budget:
         return why
 
 
-# The reference configuration: exact (MODELS.md §0.1, §1.7).
+# The reference configuration: exact (docs/models.md §0.1, §1.7).
 KNOWN_BUDGETS: dict[str, Budget] = {
-    "egeunet": Budget(params=53_374, thop_macs=72_096_256, exact=True, source="reference (MODELS.md §1.7)"),
+    "egeunet": Budget(params=53_374, thop_macs=72_096_256, exact=True, source="reference (docs/models.md §1.7)"),
 }
 DEFAULT_MODELS = ("egeunet",)
 

@@ -27,7 +27,7 @@ class Suite:
     description: str
     variants: tuple[str, ...]  # registered model names, in table order
     datasets: tuple[str, ...] = ("isic2018",)
-    seeds: int = 5  # PROTOCOL section 10: 5 seeds per table cell by default
+    seeds: int = 5  # docs/protocol.md §10: 5 seeds per table cell by default
     budget: str = "cpu"  # default budget of the suite
     labels: dict[str, str] = field(default_factory=dict)  # model -> label shown in tables (default: model name)
     extra_at_budget: dict[str, tuple[str, ...]] = field(default_factory=dict)  # budget -> extra variants

@@ -1,4 +1,4 @@
-"""Baseline-specific checks: part-wise parameter counts from MODELS.md, the MALUNet weight tie,
+"""Baseline-specific checks: part-wise parameter counts from docs/models.md, the MALUNet weight tie,
 TransFuse heads, and the legacy-thop counts measured on these rebuilds.
 
 Exact numbers quoted by the spec are asserted exactly. Kept light (small inputs, one thread).
@@ -46,7 +46,7 @@ def thop_macs(model: torch.nn.Module, h: int = 256, w: int = 256) -> int:
 
 # -- legacy thop counts ---------------------------------------------------------------------------
 # Measured on these rebuilds with thop==0.1.1.post2209072238 at 1x3x256x256; each rounds to the
-# spec figure (MODELS.md §0.1 / §5): pinned exactly so that any change of layer types (e.g. a
+# spec figure (docs/models.md §0.1 / §5): pinned exactly so that any change of layer types (e.g. a
 # functional call replacing a module thop counts) is caught.
 MEASURED_THOP = {
     "unet32": 13_745_782_784,  # spec 13.746 G (incl. the x4 ConvTranspose over-count)
@@ -92,7 +92,7 @@ def test_unet32_parts_match_spec() -> None:
 
 
 def test_unet32_transposed_conv_overcount() -> None:
-    """thop counts each ConvTranspose2d at stride^2 = 4x its true MACs (MODELS.md §2.3)."""
+    """thop counts each ConvTranspose2d at stride^2 = 4x its true MACs (docs/models.md §2.3)."""
     thop = pytest.importorskip("thop")
     model = UNet32()
     true_total, thop_total = 0, 0
@@ -341,7 +341,7 @@ def test_transfuse_s_facts() -> None:
     spec_total = 26_273_301
     parts = transfuse_part_params(cfg)
     assert sum(parts.values()) == spec_total
-    # the original's native 192 x 256 input (12 x 16 grid) gives 26,248,725 (MODELS.md §5.1)
+    # the original's native 192 x 256 input (12 x 16 grid) gives 26,248,725 (docs/models.md §5.1)
     assert sum(transfuse_part_params(cfg.replace(grid=(12, 16))).values()) == 26_248_725
     m = create_model("transfuse_s")
     assert _transfuse_measured(m) == parts

@@ -1,4 +1,4 @@
-"""EGE-UNet: exact size facts (MODELS.md §1.7), ablation switches (§1.9), output contract, wiring (§1.3)."""
+"""EGE-UNet: exact size facts (docs/models.md §1.7), ablation switches (§1.9), output contract, wiring (§1.3)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ REF_THOP_MACS = {224: 55_200_852, 256: 72_096_256, 512: 288_345_600}
 REF_FLOPCOUNTER = 144_192_512
 GAB_PARAMS = {1: 584, 2: 1_496, 3: 2_792, 4: 4_728, 5: 9_368}
 
-# MODELS.md §1.7: module -> (params, legacy-thop MACs at 1x3x256x256)
+# docs/models.md §1.7: module -> (params, legacy-thop MACs at 1x3x256x256)
 MODULE_TABLE = {
     "encoder1": (224, 14_155_776), "encoder2": (1_168, 18_874_368), "encoder3": (3_480, 14_155_776),
     "encoder4": (1_952, 1_195_392), "encoder5": (3_184, 539_392), "encoder6": (5_728, 259_392),
@@ -68,7 +68,7 @@ def test_reference_param_count(ref: EGEUNet) -> None:
 def test_reference_legacy_thop_macs(ref: EGEUNet, side: int) -> None:
     macs, thop_params = thop_profile(ref, side)
     assert int(macs) == REF_THOP_MACS[side]
-    assert int(thop_params) == 45_806  # thop's own (incomplete) parameter count, PROTOCOL.md §6
+    assert int(thop_params) == 45_806  # thop's own (incomplete) parameter count, docs/protocol.md §6
 
 
 def test_thop_does_not_touch_the_profiled_original(ref: EGEUNet) -> None:
@@ -137,7 +137,7 @@ def check_fwd_bwd(model: EGEUNet, shape: tuple[int, int, int, int]) -> SegOutput
 
 CONV3 = lambda a, b: 9 * a * b + b  # noqa: E731
 
-# (switches, exact parameter count) - MODELS.md §1.9
+# (switches, exact parameter count) - docs/models.md §1.9
 SWITCHES: dict[str, tuple[dict[str, Any], int]] = {
     "official": ({}, REF_PARAMS),
     "no_xy": ({"ghpa_branches": ("id", "zx", "zy", "dw")}, 48_016),
@@ -326,7 +326,7 @@ def test_output_contract_without_deep_supervision() -> None:
     assert m.loss_weights == (2.0, 0.5, 0.4, 0.3, 0.2, 0.1)
 
 
-# -- wiring (MODELS.md §1.3) -----------------------------------------------------------------------
+# -- wiring (docs/models.md §1.3) ------------------------------------------------------------------
 class Recorder:
     """Forward hooks recording each named module's inputs (positional) and output."""
 

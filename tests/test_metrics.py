@@ -1,4 +1,4 @@
-"""Metrics (PROTOCOL §5) and losses (§4): hand-computed cases, the published fixtures, torchmetrics."""
+"""Metrics (docs/protocol.md §5) and losses (§4): hand-computed cases, the published fixtures, torchmetrics."""
 
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ def test_zero_denominators_give_zero():
         summarize(np.zeros((3, 3)))
 
 
-# ---------------------------------------------------------------- PROTOCOL §5.1 published fixtures
+# -------------------------------------------------------- docs/protocol.md §5.1 published fixtures
 @pytest.mark.parametrize("tn,fp,fn,tp,expected", [
     (34_468_587, 998_791, 734_361, 6_396_661, (0.78682, 0.88069, 0.95931, 0.89702, 0.97184)),
     (38_912_813, 1_150_684, 1_659_403, 11_230_188, (0.79986, 0.88880, 0.94693, 0.87126, 0.97128)),
@@ -82,7 +82,7 @@ def test_protocol_pooled_fixtures(tn, fp, fn, tp, expected):
         assert got == expected
 
 
-# ---------------------------------------------------------------- PROTOCOL §5.2 toy example
+# -------------------------------------------------------- docs/protocol.md §5.2 toy example
 def _toy_set():
     """A reconstruction of the §5.2 toy set (the original construction is not published).
 
@@ -160,7 +160,7 @@ def test_metrics_do_not_depend_on_batching():
     assert whole.tolist() == chunks.tolist()
 
 
-# ---------------------------------------------------------------- losses (PROTOCOL §4)
+# -------------------------------------------------------- losses (docs/protocol.md §4)
 def _reference_bce_dice(logits, target):
     p = torch.sigmoid(logits)
     bce = F.binary_cross_entropy(p, target)  # the official nn.BCELoss on probabilities

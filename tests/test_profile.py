@@ -40,7 +40,7 @@ def test_egeunet_exact_numbers(row: dict) -> None:
     assert row["buffer_numel"] == 0
     assert row["flopcounter_flops"] == 144_192_512
     assert row["macs"] == 72_096_256 and row["gmacs"] == pytest.approx(0.072096256)
-    assert row["thop_macs"] == 72_096_256 == row["macs"]  # PROTOCOL §6: equal for EGE-UNet
+    assert row["thop_macs"] == 72_096_256 == row["macs"]  # docs/protocol.md §6: equal for EGE-UNet
     assert row["thop_params"] == 45_806
     assert row["fvcore_flops"] == 80_524_800
     assert row["fvcore_by_operator"] == {"conv": 72_096_256, "group_norm": 4_951_040, "upsample_bilinear2d": 3_477_504}

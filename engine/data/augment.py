@@ -1,12 +1,12 @@
 """Input scaling and training augmentation as batched tensor operations (CPU or GPU).
 
-Order, as the official pipeline (PROTOCOL.md section 3): ``normalise`` first, then ``augment_batch``. Rotation fills
+Order, as the official pipeline (docs/protocol.md §3): ``normalise`` first, then ``augment_batch``. Rotation fills
 the corners with 0, which after normalisation is the image minimum (black), as in the official code; rotating the
 uint8 image before normalising would change the min-max scaling of that image.
 
 ``normalise``: the official code subtracts a per-dataset mean and divides by a std (e.g. ISIC 2017 train
 159.922 / 28.871) and then min-max scales each image over all its pixels and channels to [0, 255]. A positive
-affine map is cancelled by min-max scaling, so the constants are no-ops (PROTOCOL.md section 3, measured
+affine map is cancelled by min-max scaling, so the constants are no-ops (docs/protocol.md §3, measured
 difference <= 6e-14): the network input is simply ``(x - min) / (max - min) * 255`` per image, as float32 in
 [0, 255]. A constant image (max == min) gives zeros (the official code would divide by zero).
 

@@ -386,5 +386,5 @@ def latency_pareto(table: Table, stem: Path) -> FigureOutcome:
         files = save(fig, stem)
     cap = ("Pooled test DSC (mean over seeds) against inference latency (mean over the runs' recorded medians, "
            "batch 1); dashed: Pareto front (no other variant is both faster and more accurate). Latency depends "
-           "on the machine and its load (PROTOCOL §7): compare ratios within one report only.")
+           "on the machine and its load (docs/protocol.md §7): compare ratios within one report only.")
     return FigureOutcome(key, title, files, cap)

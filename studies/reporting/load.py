@@ -128,7 +128,7 @@ GROUP_KEYS = ("dataset", "protocol", "budget")
 
 @dataclass(frozen=True)
 class Group:
-    """Runs comparable in one table: same dataset, protocol and budget (PROTOCOL §1: never mixed)."""
+    """Runs comparable in one table: same dataset, protocol and budget (docs/protocol.md §1: never mixed)."""
 
     dataset: str
     protocol: str

@@ -1,4 +1,4 @@
-"""Statistics of a report table (PROTOCOL §10): mean ± sample std over seeds, and a paired hierarchical
+"""Statistics of a report table (docs/protocol.md §10): mean ± sample std over seeds, and a paired hierarchical
 bootstrap of the difference of every variant to the reference (EGE-UNet).
 
 Cells

@@ -31,11 +31,11 @@ EXTRA_SUMMARY = ("pooled_acc", "pooled_spe", "pooled_sen", "per_image_dsc_mean",
                  "per_image_dsc_std", "per_image_iou_mean", "isic_tjaccard", "best_epoch", "wall_s")
 
 #: numbers reported for a model on a dataset (in %), shown in separate rows, never used in statistics.
-#: PROTOCOL §8.2 lists EGE-UNet on ISIC2018 (status S, unverified); its ISIC2017 scores are NOT FOUND there.
+#: docs/protocol.md §8.2 lists EGE-UNet on ISIC2018 (status S, unverified); its ISIC2017 scores are NOT FOUND there.
 REPORTED = {
     ("egeunet", "isic2018"): dict(pooled_miou=(80.94, 0.11), pooled_dsc=(89.46, 0.07),
                                   source="reported for EGE-UNet on ISIC2018 (third-party document, unverified; "
-                                         "PROTOCOL §8.2), official recipe"),
+                                         "docs/protocol.md §8.2), official recipe"),
 }
 
 _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
@@ -220,7 +220,7 @@ def _budget_text(budget: str) -> str:
 
 PROTOCOL_TEXT = {
     "clean": "train / validation / test split, checkpoint selected on validation, test evaluated once "
-             "(PROTOCOL §9 fixes)",
+             "(docs/protocol.md §9 fixes)",
     "paper": "the official recipe and 7:3 split (the test set also selects the checkpoint)",
 }
 
@@ -256,7 +256,7 @@ def footnote(table: Table) -> str:
         parts.append("SYNTHETIC DATA: a pipeline check, not a result.")
     parts += [
         f"Budget {g.budget}: {_budget_text(g.budget)}.",
-        f"Protocol {g.protocol}: {PROTOCOL_TEXT.get(g.protocol, 'see PROTOCOL.md')}.",
+        f"Protocol {g.protocol}: {PROTOCOL_TEXT.get(g.protocol, 'see docs/protocol.md')}.",
         f"Device class: {dev} (a → marks a run resumed on another device).",
         f"Numerics version: {_values(runs, 'numerics_version')}; precision: {_values(runs, 'precision')}; "
         f"data fingerprint: {_values(runs, 'data')}.",
