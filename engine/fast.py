@@ -5,7 +5,7 @@ configuration; other models get the generic parts) in a module that *shares* its
 their names: ``state_dict`` keys are the plain model's) and returns the same
 :class:`~zoo.contract.SegOutput`. Nothing computed changes; only how:
 
-1. **Channels-last** activations: oneDNN's thin and depth-wise convolutions are 3-12x faster in
+1. **Channels-last** activations: oneDNN's thin and depth-wise convolutions are much faster in
    NHWC than in NCHW; 1x1 convolutions run as one GEMM (``F.linear`` on the NHWC view).
 2. **LayerNorm / GroupNorm without the slow paths**: native ``layer_norm`` pays a large per-row
    cost for 5-16 channel rows (the GAB groups), so small channels-first LayerNorms use the formula
@@ -16,18 +16,18 @@ their names: ``state_dict`` keys are the plain model's) and returns the same
    autograd functions whose backward is one ``cat``/``split``; autograd's slice backward writes
    every chunk's gradient into its own zero-filled full-size NCHW tensor and sums them.
 4. **Side outputs**: the 1-channel deep-supervision maps are up-sampled by two small GEMMs with
-   ATen's exact bilinear weights (backward ~10x faster than ATen's scatter kernel); at inference
+   ATen's exact bilinear weights (a backward much faster than ATen's scatter kernel); at inference
    they are skipped by default (the final map is bit-identical, docs/models.md §1.3).
 5. **Inference**: micro-batches (default ~4 images of 256x256: activations stay cache-sized and
-   below glibc's mmap threshold, ~1.7x at batch 16) and the parameter-only GHPA masks cached per
+   below glibc's mmap threshold) and the parameter-only GHPA masks cached per
    spatial size, recomputed when a parameter they depend on changes (checked by content: fused
    AdamW does not bump version counters): bit-identical.
 6. **Depth-wise convs** (GHPA, GAB's dilated groups) get a hand-written backward: oneDNN's NHWC
-   backward for 5-24-channel depth-wise maps costs 5-15x its forward; the input gradient is the
-   forward kernel on flipped weights, the weight gradient k*k shifted multiply-sums (2-5x less).
+   backward for 5-24-channel depth-wise maps costs several times its forward; the input gradient is
+   the forward kernel on flipped weights, the weight gradient k*k shifted multiply-sums (less in all).
 7. **Encoder GroupNorm + max-pool fused**: the affine GroupNorm commutes with max-pooling, so the
    normalised full-size map is never written and the backward works at pooled size plus one
-   full-size ``addcmul`` (1.1-1.3x on the whole training step in interleaved A/B runs).
+   full-size ``addcmul`` (a gain on the whole training step in interleaved A/B runs).
 8. **Fused C++ kernels** (``engine/csrc/fastops.cpp`` via :mod:`engine._fastops`, built on first use;
    without a compiler, or with ``EGEUNET_FAST_EXT=0``, the PyTorch kernels of items 2-7 run): the
    channels LayerNorm (pixels transposed 16 at a time so the per-pixel sums are vector loops), GAB's
@@ -35,37 +35,38 @@ their names: ``state_dict`` keys are the plain model's) and returns the same
    no concatenation is written, and the backward writes each source's gradient directly; at
    inference the tail 1x1 conv is applied in the same pass), GroupNorm statistics / affine /
    backward, GroupNorm + max-pool with a one-pass backward, depth-wise 'same' convs (row spans of
-   k*k multiply-adds: 1-3.5x faster than oneDNN on 5-24 channels, most at dilation 5-7), bilinear
-   up-sampling with a gather backward (2-7x ATen's scatter), the depth-wise weight gradient. They
-   release the GIL (the worker threads overlap) and sum parameter gradients over fixed row blocks in
-   double, so results do not depend on the thread count.
-9. **Optimizer and loss**: :func:`adamw` is ATen's fused AdamW on the CPU (7 ms -> 1 ms per step);
+   k*k multiply-adds: faster than oneDNN on 5-24 channels, most at large dilation), bilinear
+   up-sampling with a gather backward (faster than ATen's scatter), the depth-wise weight gradient.
+   They release the GIL (the worker threads overlap) and sum parameter gradients over fixed row
+   blocks in double, so results do not depend on the thread count.
+9. **Optimizer and loss**: :func:`adamw` is ATen's fused AdamW on the CPU (one call per step);
    ``engine.losses.bce_dice(..., fused=True)`` (``engine.train`` passes it on the fast path only) runs
-   as one node with two kernel passes (15 -> 7 ms per batch of 8).
+   as one node with two kernel passes.
 10. **Inter-op workers** (default: one per torch thread): the batch is split into chunks run by
    single-threaded worker threads of this process (ATen releases the GIL); training gradients are
    computed per chunk with ``torch.autograd.grad`` and summed in chunk order (deterministic). Every
    EGE-UNet op is per-sample (GroupNorm per image, LayerNorm per pixel, no BatchNorm), so chunks
    give the whole batch's numbers. On the idle 2-core machine two workers beat one process with two
-   intra-op threads by 1.4x (training) to 2x (inference at batch 16): these small ops split poorly
-   across threads. A process with one thread (``--workers N`` suites) is unaffected.
+   intra-op threads, in training and at inference: these small ops split poorly across threads.
+   A process with one thread (``--workers N`` suites) is unaffected.
 
-Measured and *not* kept: a C++ 1x1 conv (0.9-1.0x MKL's GEMM at 8-20 channels, 3x slower at 36 -> 16;
-the slow skinny GEMMs seen in profiles were mostly first-touch page faults on fresh outputs, absent
-once warm); GELU fused into the kernels (a scalar ``erf`` is several times slower than ATen's
-vectorised one); micro-batches of 6 or 8 at inference (0.87-0.91x of 4); branches instead of selects
-in the max-pool kernels (data-dependent mispredictions: 18x slower). The kernels are built without
-``-fopenmp`` (it would link a second OpenMP runtime beside torch's) and run single-threaded inside the
-worker threads. Earlier (numbers in the bench report): ``torch.compile`` (inductor, CPU) -- 1.25x
-on inference after 77-260 s of compilation, and the compiled training step ran *slower* than this
-eager path (0.8x); native channels-last GroupNorm (inaccurate, slow backward); ``F.layer_norm`` for
-rows of < 16 values; splitting the training batch into micro-batches (0.7-0.9x); ``var_mean``
-(Welford) reductions (5-10x slower than two passes here); glibc malloc tunables or ``mallopt`` (minor
-page faults per training step fell from ~5,500 to ~500, the step time did not measurably change);
-LayerNorm statistics as GEMMs with a block-averaging matrix (1.3-3.8x slower than the formula);
-NCHW for the plain 3x3 convs (1.1-3.3x slower, forward and backward); the 3x3 input gradient as a
-forward conv on transposed weights (no gain over oneDNN's backward); the small LayerNorm's channel
-means as GEMVs over the NHWC rows (2.5x faster alone on 5-channel maps, 0.99-1.02x on the step).
+Measured and *not* kept: a C++ 1x1 conv (no faster than MKL's GEMM at these widths; the slow
+skinny GEMMs seen in profiles were mostly first-touch page faults on fresh outputs, absent once
+warm); GELU fused into the kernels (a scalar ``erf`` is slower than ATen's vectorised one); larger
+inference micro-batches; branches instead of selects in the max-pool kernels (data-dependent
+mispredictions); ``torch.compile`` (inductor, CPU: long compilation, a small gain on inference, a
+slower training step); native channels-last GroupNorm (inaccurate, slow backward); ``F.layer_norm``
+for rows of < 16 values; splitting the training batch into micro-batches; ``var_mean`` (Welford)
+reductions; glibc malloc tunables or ``mallopt`` (far fewer page faults, no measurable change in the
+step); LayerNorm statistics as GEMMs with a block-averaging matrix; NCHW for the plain 3x3 convs; the
+3x3 input gradient as a forward conv on transposed weights; the small LayerNorm's channel means as
+GEMVs over the NHWC rows (faster alone, no gain on the step). The kernels are built without
+``-fopenmp`` (it would link a second OpenMP runtime beside torch's) and run single-threaded inside
+the worker threads.
+
+Speed: ``python -m studies.bench`` measures this path against the reference; its numbers, and the
+design measurements behind the items above, are in docs/performance.md (generated from the
+committed results/bench/*.csv), not here.
 
 Numbers: outputs and gradients agree with :class:`egeunet.reference.ReferenceEGEUNet` to float32
 round-off -- the fast path is as close to a float64 evaluation as the reference itself -- and to
@@ -107,7 +108,7 @@ def _kernels(*ts: Tensor) -> Any:
 
 class _UpBilinear(torch.autograd.Function):
     """Bilinear (align_corners=True) resize by the fused kernels: ATen's source positions and
-    weights; the backward is a separable gather instead of ATen's scatter (2-7x faster here)."""
+    weights; the backward is a separable gather instead of ATen's scatter (faster here)."""
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, size: tuple[int, int]) -> Tensor:  # type: ignore[override]
@@ -155,9 +156,9 @@ class _DepthwiseConv(torch.autograd.Function):
     """Depth-wise 'same' conv (odd k, stride 1) on channels-last maps with a hand-written backward.
 
     The forward is :func:`_dw_conv` (the fused kernel, else ``F.conv2d`` itself). oneDNN's NHWC
-    backward for these thin, often dilated convs costs 5-15x its forward; here the input gradient
-    is the forward kernel on the flipped weights and the weight gradient is k*k shifted
-    multiply-sums (2-5x faster in all).
+    backward for these thin, often dilated convs costs several times its forward; here the input
+    gradient is the forward kernel on the flipped weights and the weight gradient is k*k shifted
+    multiply-sums (faster in all; docs/performance.md).
     """
 
     @staticmethod
@@ -185,7 +186,7 @@ class _DepthwiseConv(torch.autograd.Function):
 
 def _dw_conv(x: Tensor, w: Tensor, b: Tensor | None, d: int) -> Tensor:
     """Depth-wise 'same' conv (odd k, stride 1, dilation d): the fused kernel on channels-last float
-    maps (k*k contiguous multiply-adds per row; 1-3.5x faster than oneDNN on 5-24 channels, most
+    maps (k*k contiguous multiply-adds per row; faster than oneDNN on 5-24 channels, most
     at large dilation), else ``F.conv2d``."""
     ext = _kernels(x) if x.dtype == w.dtype else None
     if ext is not None:
@@ -545,7 +546,7 @@ def up_map(m: Tensor, size: tuple[int, int]) -> Tensor:
     """Bilinear (align_corners=True) resize of a 1-channel B x 1 x h x w map as two small matmuls.
 
     Same weights as ``F.interpolate``; the backward is two GEMMs instead of ATen's scatter, which is
-    ~10x faster for the deep-supervision side outputs (8x8 .. 64x64 -> 256x256).
+    much faster for the deep-supervision side outputs (8x8 .. 64x64 -> 256x256; docs/performance.md).
     """
     bsz, c, h, w = m.shape
     ah = interp_matrix(h, size[0], m.dtype, m.device)
@@ -1022,8 +1023,8 @@ FastEGEUNet = FastModel  # the EGE-UNet fast path is FastModel over an EGEUNet
 
 def adamw(params: Any, **kwargs: Any) -> torch.optim.AdamW:
     """The fast path's optimizer: ``torch.optim.AdamW(params, **kwargs)`` with ATen's fused kernel on
-    the CPU (one call instead of ~10 foreach kernels over EGE-UNet's ~200 small tensors: 7 ms -> 1 ms
-    per step; the same update to float32 round-off). Elsewhere the default implementation."""
+    the CPU (one call instead of ~10 foreach kernels over EGE-UNet's ~200 small tensors; the same
+    update to float32 round-off). Elsewhere the default implementation."""
     params = list(params)
     on_cpu = all(p.device.type == "cpu" for p in (q["params"][0] if isinstance(q, dict) else q for q in params))
     return torch.optim.AdamW(params, **({"fused": True} if on_cpu and "fused" not in kwargs else {}), **kwargs)

@@ -18,16 +18,29 @@ weights, trained with :func:`engine.fast.adamw` (fused AdamW on the CPU) and the
 Accuracy: max |output - reference| in float32 on a fixed batch (and the relative parameter-gradient
 difference for training), next to the float32 noise floor (reference in float32 vs float64).
 
+How much to trust it: every row carries the 95 % interval of its ratio, a percentile bootstrap over
+the paired rounds (round i of a candidate with round i of the reference; the statistic is the
+MEDIAN OF THE PAIRED PER-ROUND RATIOS, the same statistic as the reported ratio), the 1-minute load
+average before and after the bench (``os.getloadavg``) and a ``warnings`` column. A ``WARNING`` line
+is printed when the machine was busy (load average before > 0.5 x cores, or after > cores + 0.5) or
+an interval is wide (half-width > 10 % of the ratio) or rests on fewer than 5 rounds.
+
+The numbers themselves live in the CSVs (``results/bench/*.csv``) and in ``docs/performance.md``,
+which the bench regenerates from the committed CSVs after a run into ``results/bench/`` (or on its
+own: ``--write-docs``, no measuring); none are quoted in code or help text.
+
 OpenMP: unless ``--omp-default`` is given or ``OMP_WAIT_POLICY`` is already set, the bench sets
 ``OMP_WAIT_POLICY=PASSIVE`` before torch loads: with the default (spinning) policy a 2-thread
 process on a shared 2-core machine stalls at every barrier while another process holds a core
-(measured: the reference's training step 50x slower), which would measure the machine, not the
-model. The setting applies to both candidates and is recorded.
+(the reference's training step slows by more than an order of magnitude), which would measure the
+machine, not the model. The setting applies to both candidates and is recorded.
 
 Usage::
 
     python -m studies.bench [--device cpu|cuda] [--quick] [--csv results/bench/bench.csv]
-                            [--rounds N] [--threads N] [--workers N] [--extra fast_w2,compiled]
+                            [--rounds N] [--epoch-rounds N] [--threads N] [--workers N]
+                            [--extra fast_w2,compiled] [--no-docs]
+    python -m studies.bench --write-docs [--bench-dir results/bench] [--docs docs/performance.md]
 """
 
 from __future__ import annotations
@@ -40,6 +53,7 @@ if __name__ == "__main__" and "--omp-default" not in sys.argv and "torch" not in
 
 import argparse  # noqa: E402
 import copy  # noqa: E402
+import math  # noqa: E402
 import platform  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
@@ -53,6 +67,9 @@ from torch import Tensor, nn  # noqa: E402
 
 PROG = "studies.bench"
 DEFAULT_CSV = Path("results/bench/bench.csv")
+DEFAULT_ROUNDS = 15  # interleaved rounds per case: enough for a bootstrap interval of the median ratio
+QUICK_ROUNDS = 9
+DEFAULT_EPOCH_ROUNDS = 5  # full ISIC 2018 epochs per candidate (each costs minutes on 2 cores)
 
 
 # ------------------------------------------------------------------------------------- helpers
@@ -302,9 +319,299 @@ def bench_epoch(cands: dict[str, Candidate], device: torch.device, data: Any, ba
     return interleaved({n_: unit(c) for n_, c in cands.items()}, rounds, device, warmup=0)
 
 
+# ------------------------------------------------------------------------------------ trust
+CI_LEVEL = 0.95
+CI_RESAMPLES = 2000
+CI_METHOD = "median of paired per-round ratios; percentile bootstrap over rounds"
+MIN_CI_ROUNDS = 5  # fewer paired rounds: the interval is printed but flagged (few_rounds)
+BUSY_START_PER_CORE = 0.5  # load average before the bench > this x cores: busy_before
+BUSY_END_MARGIN = 0.5  # load average after > cores + this (the bench itself adds ~threads): busy_after
+WIDE_REL_HALFWIDTH = 0.10  # (hi - lo) / 2 / ratio above this: wide_interval
+
+
+def paired_ratios(cand: list[float], ref: list[float]) -> list[float]:
+    """Per-round ratios candidate / reference, round i with round i (the rounds are interleaved)."""
+    if len(cand) != len(ref):
+        raise ValueError(f"unpaired rounds: {len(cand)} vs {len(ref)}")
+    return [c / r for c, r in zip(cand, ref)]
+
+
+def bootstrap_ci(ratios: list[float], level: float = CI_LEVEL, resamples: int = CI_RESAMPLES,
+                 seed: int = 0) -> tuple[float, float]:
+    """Percentile-bootstrap ``level`` interval of the MEDIAN of paired per-round ratios.
+
+    Resamples whole rounds (each a (candidate, reference) pair, so round-to-round load that hits both
+    cancels in the ratio) with replacement, ``resamples`` times with a fixed seed (reproducible), and
+    returns the (1 - level) / 2 and (1 + level) / 2 quantiles of the resampled medians. Fewer than two
+    rounds: (nan, nan).
+    """
+    import numpy as np
+
+    r = np.asarray(ratios, dtype=float)
+    if r.size < 2 or not np.isfinite(r).all():
+        return float("nan"), float("nan")
+    idx = np.random.default_rng(seed).integers(0, r.size, size=(resamples, r.size))
+    meds = np.median(r[idx], axis=1)
+    lo, hi = np.quantile(meds, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+def rel_halfwidth(ratio: float, lo: float, hi: float) -> float:
+    """Half the interval's width relative to the ratio (nan when unknown)."""
+    if not all(math.isfinite(v) for v in (ratio, lo, hi)) or ratio == 0:
+        return float("nan")
+    return (hi - lo) / 2 / abs(ratio)
+
+
+def machine_flags(loadavg_start: float | None, loadavg_end: float | None, cores: int | None) -> list[str]:
+    """``busy_before`` / ``busy_after`` when the 1-minute load average says other work shared the cores."""
+    flags: list[str] = []
+    if not cores:
+        return flags
+    if loadavg_start is not None and loadavg_start > BUSY_START_PER_CORE * cores:
+        flags.append("busy_before")
+    if loadavg_end is not None and loadavg_end > cores + BUSY_END_MARGIN:
+        flags.append("busy_after")
+    return flags
+
+
+def row_flags(rounds: int, halfwidth: float) -> list[str]:
+    """``few_rounds`` (< MIN_CI_ROUNDS paired rounds), ``wide_interval`` (half-width > WIDE_REL_HALFWIDTH;
+    an unknown interval counts as wide)."""
+    flags: list[str] = []
+    if rounds < MIN_CI_ROUNDS:
+        flags.append("few_rounds")
+    if not math.isfinite(halfwidth) or halfwidth > WIDE_REL_HALFWIDTH:
+        flags.append("wide_interval")
+    return flags
+
+
+def trust_warnings(rows: list[dict[str, Any]], loadavg_start: float | None, loadavg_end: float | None,
+                   cores: int | None) -> list[str]:
+    """The ``WARNING: ...`` lines for a bench run (empty when it can be trusted)."""
+    out: list[str] = []
+    m = machine_flags(loadavg_start, loadavg_end, cores)
+    if m:
+        out.append(f"WARNING: the machine was busy (1-min load average {loadavg_start} before, {loadavg_end} "
+                   f"after, {cores} cores; limits {BUSY_START_PER_CORE:g} x cores before, cores + "
+                   f"{BUSY_END_MARGIN:g} after): the rates measure the machine as much as the code; "
+                   f"rerun on an idle machine before quoting them")
+    for r in rows:
+        if r.get("candidate") == "reference":
+            continue
+        f = row_flags(int(r["rounds"]), float(r["ratio_ci_rel_halfwidth"]))
+        what = f"{r['case']} b{r['batch']} {r['candidate']}"
+        if "wide_interval" in f:
+            hw = float(r["ratio_ci_rel_halfwidth"])
+            width = "unknown" if not math.isfinite(hw) else f"{100 * hw:.0f}%"
+            out.append(f"WARNING: {what}: the 95% interval of the ratio is wide (half-width {width} of the "
+                       f"ratio, limit {100 * WIDE_REL_HALFWIDTH:.0f}%): more rounds (--rounds / --epoch-rounds) "
+                       f"or a quieter machine")
+        if "few_rounds" in f:
+            out.append(f"WARNING: {what}: {r['rounds']} round(s) < {MIN_CI_ROUNDS}: the interval is not reliable")
+    return out
+
+
+# ------------------------------------------------------------------------------------- docs
+DEFAULT_BENCH_DIR = Path("results/bench")
+DEFAULT_DOCS = Path("docs/performance.md")
+NOTES_MARKER = "<!-- studies.bench: hand-written notes below this line are kept when the file is regenerated -->"
+NA = "n/a"
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    import csv
+
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _num(v: Any) -> float | None:
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+def _fmt(v: Any, spec: str = ".2f") -> str:
+    x = _num(v)
+    return NA if x is None else format(x, spec)
+
+
+def _committed_date(path: Path) -> str | None:
+    """Date of the last commit that touched ``path`` (None when not in git)."""
+    import subprocess
+
+    try:
+        res = subprocess.run(["git", "log", "-1", "--format=%cs", "--", path.name], cwd=path.parent,
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (res.stdout.strip() or None) if res.returncode == 0 else None
+
+
+def _same(rows: list[dict[str, str]], key: str) -> str:
+    vals = {r.get(key) or "" for r in rows}
+    vals.discard("")
+    if not vals:
+        return NA
+    return vals.pop() if len(vals) == 1 else "varies"
+
+
+def _ci_cell(r: dict[str, str]) -> str:
+    lo, hi = _num(r.get("ratio_ci_low")), _num(r.get("ratio_ci_high"))
+    return NA if lo is None or hi is None else f"[{lo:.2f}, {hi:.2f}]"
+
+
+def _trust(rows: list[dict[str, str]]) -> str:
+    """The union of the rows' warning flags; ``none``; n/a for a CSV without the column."""
+    if not rows or "warnings" not in rows[0]:
+        return NA
+    flags = sorted({f for r in rows for f in (r.get("warnings") or "").split(";") if f})
+    return ", ".join(f"`{f}`" for f in flags) if flags else "none"
+
+
+def _meta(path: Path, rows: list[dict[str, str]], shown: str) -> list[str]:
+    commit = _same(rows, "git_commit")
+    dirty = _same(rows, "git_dirty")
+    if commit not in (NA, "varies"):
+        commit = f"`{commit[:12]}`" + (" (uncommitted changes)" if dirty == "True" else
+                                      " (clean)" if dirty == "False" else "")
+    date = _same(rows, "date")
+    if date == NA:
+        cd = _committed_date(path)
+        date = f"{NA} (CSV committed {cd})" if cd else NA
+    hw = _same(rows, "gpu")
+    machine = f"{_same(rows, 'cpu')}, {_same(rows, 'cores')} cores" + (f"; GPU {hw}" if hw != NA else "")
+    load = f"{_same(rows, 'loadavg_start')} before, {_same(rows, 'loadavg_end')} after"
+    trust = _trust(rows)
+    if trust == NA:
+        trust = f"{NA} (CSV written before the bench checked itself)"
+    epoch = _same(rows, "epoch_data")
+    lines = [
+        f"## `{shown}`", "",
+        f"- device `{_same(rows, 'device')}`; machine: {machine}; torch {_same(rows, 'torch')}, "
+        f"threads {_same(rows, 'threads')}, fast workers {_same(rows, 'fast_workers')}, "
+        f"OMP_WAIT_POLICY {_same(rows, 'omp_wait_policy')}" + (f", TF32 {_same(rows, 'tf32')}"
+                                                               if _same(rows, 'tf32') != NA else ""),
+        f"- commit: {commit}; date: {date}",
+        f"- 1-minute load average: {load}",
+        f"- warnings: {trust}",
+    ]
+    if epoch != NA:
+        lines.append(f"- epoch data: {epoch}")
+    return lines + [""]
+
+
+def _table(rows: list[dict[str, str]]) -> list[str]:
+    head = ["case", "batch", "candidate", "img/s (median)", "ratio vs reference (median)", "95% interval",
+            "range [min, max]", "rounds", "max \\|diff\\| vs reference"]
+    out = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 3 + ["---:"] * (len(head) - 3)) + "|"]
+    for r in rows:
+        ref = r.get("candidate") == "reference"
+        out.append("| " + " | ".join([
+            r.get("case", NA), r.get("batch", NA), r.get("candidate", NA), _fmt(r.get("img_per_s"), ".1f"),
+            "1 (baseline)" if ref else _fmt(r.get("ratio_vs_reference")),
+            "-" if ref else _ci_cell(r),
+            "-" if ref else f"[{_fmt(r.get('ratio_min'))}, {_fmt(r.get('ratio_max'))}]",
+            r.get("rounds") or NA,
+            "-" if ref else _fmt(r.get("max_abs_diff"), ".1e"),
+        ]) + " |")
+    return out + [""]
+
+
+def _summary(sets: list[tuple[str, list[dict[str, str]]]]) -> list[str]:
+    cases = [("train_step", "8", "train step b8"), ("epoch", "8", "epoch"), ("infer", "1", "inference b1"),
+             ("infer", "16", "inference b16")]
+    out = ["| CSV | device | " + " | ".join(c[2] for c in cases) + " | load avg before / after | warnings |",
+           "|---|---|" + "|".join(["---:"] * len(cases)) + "|---:|---|"]
+    for shown, rows in sets:
+        cells = []
+        for case, batch, _ in cases:
+            r = next((x for x in rows if x.get("case") == case and x.get("batch") == batch
+                      and x.get("candidate") == "fast"), None)
+            cells.append("-" if r is None else f"{_fmt(r.get('ratio_vs_reference'))} {_ci_cell(r)}")
+        out.append(f"| `{shown}` | {_same(rows, 'device')} | " + " | ".join(cells)
+                   + f" | {_same(rows, 'loadavg_start')} / {_same(rows, 'loadavg_end')} | {_trust(rows)} |")
+    return out + [""]
+
+
+def render_docs(bench_dir: Path, notes: str = "") -> str:
+    """``docs/performance.md`` from every ``*.csv`` in ``bench_dir`` (no measuring)."""
+    sets = []
+    for path in sorted(Path(bench_dir).glob("*.csv")):
+        rows = _read_csv(path)
+        if rows and "candidate" in rows[0] and "case" in rows[0]:
+            shown = f"{Path(bench_dir).as_posix().rstrip('/')}/{path.name}"
+            sets.append((shown, path, rows))
+    lines = [
+        "# Performance",
+        "",
+        "<!-- generated by `python -m studies.bench --write-docs`; edit the CSVs or studies/bench.py, "
+        "not this file (only the notes after the marker at the end are hand-written) -->",
+        f"*Generated by `python -m studies.bench --write-docs` from `{Path(bench_dir).as_posix()}/*.csv` "
+        "(and after every bench run that writes there). Do not edit by hand: the tables are rewritten "
+        "from the committed CSVs; only the notes after the marker at the end are kept as written.*",
+        "",
+        "What the bench measures: the plain eager reference EGE-UNet (`egeunet.reference`) against the "
+        "fast path (`engine.fast`) with the same weights, in one process, the candidates interleaved "
+        "round by round (the order flips every round). A ratio is the **median of the paired per-round "
+        "ratios** (round *i* of a candidate over round *i* of the reference); its "
+        f"{100 * CI_LEVEL:.0f}% interval is a percentile bootstrap of that median over the paired rounds "
+        f"({CI_RESAMPLES} resamples, fixed seed). The range is the smallest and largest per-round ratio. "
+        "The load average is the 1-minute `os.getloadavg()` before and after the bench.",
+        "",
+        f"Warnings: `busy_before` (load average before > {BUSY_START_PER_CORE:g} x cores), `busy_after` "
+        f"(after > cores + {BUSY_END_MARGIN:g}), `wide_interval` (interval half-width > "
+        f"{100 * WIDE_REL_HALFWIDTH:.0f}% of the ratio), `few_rounds` (< {MIN_CI_ROUNDS} rounds). "
+        f"`{NA}`: the CSV was written before the bench recorded that column.",
+        "",
+        "Reproduce: `python -m studies.bench [--quick] --csv results/bench/<name>.csv` "
+        "(CUDA: `--device cuda`, see docs/gpu.md).",
+        "",
+    ]
+    if sets:
+        lines += ["## Summary: fast path vs reference (median ratio [95% interval])", ""]
+        lines += _summary([(s, r) for s, _, r in sets])
+    else:
+        lines += [f"No bench CSV in `{Path(bench_dir).as_posix()}`.", ""]
+    for shown, path, rows in sets:
+        lines += _meta(path, rows, shown)
+        lines += _table(rows)
+    lines += [NOTES_MARKER, ""]
+    text = "\n".join(lines)
+    return text + (notes.lstrip("\n") if notes.strip() else "")
+
+
+def write_docs(bench_dir: Path = DEFAULT_BENCH_DIR, docs: Path = DEFAULT_DOCS) -> Path:
+    """(Re)write ``docs`` from ``bench_dir``'s CSVs, keeping the hand-written notes after the marker."""
+    from engine.record import atomic_write
+
+    docs = Path(docs)
+    notes = ""
+    if docs.is_file():
+        old = docs.read_text()
+        if NOTES_MARKER in old:
+            notes = old.split(NOTES_MARKER, 1)[1]
+    text = render_docs(Path(bench_dir), notes)
+    docs.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(docs, lambda fh: fh.write(text))
+    return docs
+
+
 # ------------------------------------------------------------------------------------- main
-def environment(device: torch.device, workers: int) -> dict[str, Any]:
-    """Machine, versions and threads; ``workers``: the fast path's worker threads as it resolved them."""
+def loadavg() -> float | None:
+    """The 1-minute load average (None where the OS has none)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):
+        return None
+
+
+def environment(device: torch.device, workers: int, loadavg_start: float | None = None) -> dict[str, Any]:
+    """Machine, versions and threads; ``workers``: the fast path's worker threads as it resolved them;
+    ``loadavg_start``: the load average taken before the bench began (else now)."""
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as fh:
@@ -327,50 +634,105 @@ def environment(device: torch.device, workers: int) -> dict[str, Any]:
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
         env["tf32"] = bool(torch.backends.cudnn.allow_tf32)
-    try:
-        env["loadavg_start"] = round(os.getloadavg()[0], 2)
-    except OSError:
-        pass
+    env["loadavg_start"] = loadavg_start if loadavg_start is not None else loadavg()
     return env
 
 
 def summarise(case: str, batch: int, rates: dict[str, list[float]], acc: dict[str, dict[str, float]],
               env: dict[str, Any], setup: dict[str, float]) -> list[dict[str, Any]]:
+    """One CSV row per candidate: median rate, median paired ratio with its bootstrap interval, accuracy,
+    environment. The columns of earlier CSVs come first, in their order; the trust columns follow
+    (``loadavg_end`` and ``warnings`` are filled in by :func:`finish_rows` at the end of the bench)."""
     rows = []
     base = rates["reference"]
     for name, rs in rates.items():
-        ratios = [r / b for r, b in zip(rs, base)]
+        ratios = paired_ratios(rs, base)
+        med = _median(ratios)
+        lo, hi = (1.0, 1.0) if name == "reference" else bootstrap_ci(ratios)
         a = acc.get(name, {})
         rows.append({
             "case": case, "batch": batch, "candidate": name, "img_per_s": round(_median(rs), 2),
-            "img_per_s_all": [round(r, 2) for r in rs], "ratio_vs_reference": round(_median(ratios), 2),
+            "img_per_s_all": [round(r, 2) for r in rs], "ratio_vs_reference": round(med, 2),
             "ratio_min": round(min(ratios), 2), "ratio_max": round(max(ratios), 2), "rounds": len(rs),
             "max_abs_diff": a.get("max_abs_diff"), "max_rel_grad_diff": a.get("max_rel_grad_diff"),
             "max_abs_err_vs_fp64": a.get("max_abs_err_vs_fp64"),
             "setup_s": round(setup.get(name, 0.0), 1), **env,
+            "ratio_ci_low": round(lo, 3), "ratio_ci_high": round(hi, 3),
+            "ratio_ci_rel_halfwidth": round(rel_halfwidth(med, lo, hi), 4),
+            "ci_level": CI_LEVEL, "ci_method": CI_METHOD,
         })
     return rows
+
+
+def finish_rows(rows: list[dict[str, Any]], loadavg_end: float | None, date: str) -> list[str]:
+    """Add the end-of-bench columns (``loadavg_end``, ``date``, ``warnings``: ``;``-joined flags of
+    :func:`machine_flags` and :func:`row_flags`) to every row; returns the WARNING lines."""
+    for r in rows:
+        flags = machine_flags(r.get("loadavg_start"), loadavg_end, r.get("cores"))
+        if r["candidate"] != "reference":
+            flags += row_flags(int(r["rounds"]), float(r["ratio_ci_rel_halfwidth"]))
+        r["loadavg_end"] = loadavg_end
+        r["date"] = date
+        r["warnings"] = ";".join(flags)
+    return trust_warnings(rows, rows[0].get("loadavg_start") if rows else None, loadavg_end,
+                          rows[0].get("cores") if rows else None)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--quick", action="store_true", help="fewer rounds and calls per round, a 64-image epoch")
+    p.add_argument("--csv", type=Path, default=DEFAULT_CSV)
+    p.add_argument("--rounds", type=int, default=None,
+                   help=f"interleaved rounds per case (default {DEFAULT_ROUNDS}, quick {QUICK_ROUNDS}); the 95%% "
+                        f"interval needs at least {MIN_CI_ROUNDS}")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    p.add_argument("--workers", type=int, default=None, help="fast-path worker threads (default: threads)")
+    p.add_argument("--extra", default="", help="comma list: fast_w2, compiled, amp (cuda)")
+    p.add_argument("--cases", default="infer1,infer16,train8,epoch", help="comma list of cases to run")
+    p.add_argument("--epoch-rounds", type=int, default=None,
+                   help=f"interleaved epochs per candidate (default {DEFAULT_EPOCH_ROUNDS}; quick: as --rounds, "
+                        f"the epoch being a 64-image subset)")
+    p.add_argument("--omp-default", action="store_true", help="leave OMP_WAIT_POLICY unset (see module doc)")
+    p.add_argument("--tf32", action="store_true",
+                   help="cuda: let cuDNN / cuBLAS use TF32 for float32 (off by default: TF32 rounds inputs to a "
+                        "10-bit mantissa, so fp32 outputs would no longer match the reference)")
+    docs = p.add_argument_group("docs/performance.md")
+    docs.add_argument("--write-docs", action="store_true",
+                      help="measure nothing: regenerate --docs from the CSVs in --bench-dir and exit")
+    docs.add_argument("--bench-dir", type=Path, default=DEFAULT_BENCH_DIR,
+                      help=f"the committed bench CSVs (default {DEFAULT_BENCH_DIR})")
+    docs.add_argument("--docs", type=Path, default=DEFAULT_DOCS, help=f"the generated page (default {DEFAULT_DOCS})")
+    docs.add_argument("--no-docs", action="store_true",
+                      help="after a run, do not regenerate --docs (it is regenerated only when --csv lies in "
+                           "--bench-dir)")
+    return p
+
+
+def _in_dir(path: Path, folder: Path) -> bool:
+    try:
+        return path.resolve().parent == folder.resolve()
+    except OSError:
+        return False
 
 
 def main(argv: list[str] | None = None) -> int:
     from studies._cli import console, fail, write_csv_atomic
 
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
-    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    p.add_argument("--quick", action="store_true", help="fewer rounds, a 64-image epoch")
-    p.add_argument("--csv", type=Path, default=DEFAULT_CSV)
-    p.add_argument("--rounds", type=int, default=None, help="interleaved rounds per case (default 5, quick 3)")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
-    p.add_argument("--workers", type=int, default=None, help="fast-path worker threads (default: threads)")
-    p.add_argument("--extra", default="", help="comma list: fast_w2, compiled, amp (cuda)")
-    p.add_argument("--cases", default="infer1,infer16,train8,epoch", help="comma list of cases to run")
-    p.add_argument("--epoch-rounds", type=int, default=1)
-    p.add_argument("--omp-default", action="store_true", help="leave OMP_WAIT_POLICY unset (see module doc)")
-    p.add_argument("--tf32", action="store_true",
-                   help="cuda: let cuDNN / cuBLAS use TF32 for float32 (off by default: TF32 rounds inputs to a "
-                        "10-bit mantissa, ~1e-2 relative, so fp32 outputs would no longer match the reference)")
-    args = p.parse_args(argv)
+    args = build_parser().parse_args(argv)
+    con = console()
+    if args.write_docs:
+        if not args.bench_dir.is_dir():
+            fail(PROG, f"--bench-dir {args.bench_dir}: not a folder")
+        path = write_docs(args.bench_dir, args.docs)
+        con.print(f"wrote {path} (from {args.bench_dir}/*.csv)")
+        return 0
+    for opt in ("rounds", "epoch_rounds"):
+        v = getattr(args, opt)
+        if v is not None and v < 1:
+            fail(PROG, f"--{opt.replace('_', '-')} {v}: give at least 1")
 
+    load_start = loadavg()  # before anything is built or measured
     if args.device == "cuda" and not torch.cuda.is_available():
         fail(PROG, "--device cuda: no CUDA device is available")
     if args.threads:
@@ -378,15 +740,15 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = bool(args.tf32)
-    rounds = args.rounds or (3 if args.quick else 5)
+    rounds = args.rounds or (QUICK_ROUNDS if args.quick else DEFAULT_ROUNDS)
+    epoch_rounds = args.epoch_rounds or (rounds if args.quick else DEFAULT_EPOCH_ROUNDS)
     extra = [e for e in args.extra.split(",") if e]
     cases = [c for c in args.cases.split(",") if c]
-    con = console()
     from rich.markup import escape
     loss_fn = _loss_fn()
     cands, ref = build_candidates(device, extra, args.workers)
     # the batch is split over worker threads on the CPU only (FastModel._chunks)
-    env = environment(device, cands["fast"].train.workers if device.type == "cpu" else 1)
+    env = environment(device, cands["fast"].train.workers if device.type == "cpu" else 1, load_start)
     con.print(f"[bold]EGE-UNet bench[/bold]: {escape(str(env))}")
     setup: dict[str, float] = {}
     if "compiled" in cands:  # compile outside the timed rounds; report the time
@@ -428,43 +790,58 @@ def main(argv: list[str] | None = None) -> int:
     epoch_note = ""
     if "epoch" in cases:
         data, epoch_note = load_epoch_data(args.quick, 64)
-        progress(f"training epoch: {epoch_note}; {args.epoch_rounds} round(s)")
-        rows += summarise("epoch", 8, bench_epoch(cands, device, data, 8, args.epoch_rounds, loss_fn), acc, env,
+        progress(f"training epoch: {epoch_note}; {epoch_rounds} round(s)")
+        rows += summarise("epoch", 8, bench_epoch(cands, device, data, 8, epoch_rounds, loss_fn), acc, env,
                           setup)
         for r in rows:
             if r["case"] == "epoch":
                 r["epoch_data"] = epoch_note
-
-    from rich.markup import escape
-    from rich.table import Table
-
-    table = Table(title=f"EGE-UNet: reference vs fast path ({env['device']}, threads {env['threads']}, "
-                        f"fast workers {env['fast_workers']}, OMP_WAIT_POLICY {env['omp_wait_policy']})")
-    for col in ("case", "batch", "candidate", "img/s (median)", escape("ratio vs ref (median [min-max])"),
-                "max |diff| vs ref", "grad rel diff", "max |err| vs fp64"):
-        table.add_column(col, justify="right" if col not in ("case", "candidate") else "left")
-    for r in rows:
-        ratio = "1.00" if r["candidate"] == "reference" else \
-            escape(f"{r['ratio_vs_reference']:.2f} [{r['ratio_min']:.2f}-{r['ratio_max']:.2f}]")
-        table.add_row(r["case"], str(r["batch"]), r["candidate"], f"{r['img_per_s']:.1f}", ratio,
-                      "-" if r["candidate"] == "reference" else f"{r['max_abs_diff']:.1e}",
-                      "-" if r["candidate"] == "reference" else f"{r['max_rel_grad_diff']:.1e}",
-                      f"{r['max_abs_err_vs_fp64']:.1e}")
-    con.print(table)
-    if epoch_note:
-        con.print(f"epoch data: {epoch_note}; rounds per case: {rounds}, epoch rounds: {args.epoch_rounds}")
-    for name, c in cands.items():
-        con.print(f"  {name}: {c.note}")
-    try:
-        env_end = round(os.getloadavg()[0], 2)
-        con.print(f"load average at start {env.get('loadavg_start')}, at end {env_end} (2 cores shared)")
-    except OSError:
-        pass
+    if not rows:
+        fail(PROG, f"--cases {args.cases}: none of infer1, infer16, train8, epoch")
     for r in rows:
         r["fp32_floor_out"] = floor["fp32_floor_out"]
         r["max_abs_logit"] = floor["max_abs_logit"]
+    load_end = loadavg()
+    warnings = finish_rows(rows, load_end, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+
+    from rich import box
+    from rich.table import Table
+
+    table = Table(title=f"EGE-UNet: reference vs fast path ({env['device']}, threads {env['threads']}, "
+                        f"fast workers {env['fast_workers']}, OMP_WAIT_POLICY {env['omp_wait_policy']})",
+                  box=box.SIMPLE_HEAD)
+    for col in ("case", "batch", "candidate", "img/s", "ratio", f"{100 * CI_LEVEL:.0f}% CI", "min-max",
+                "rounds"):
+        table.add_column(col, justify="right" if col not in ("case", "candidate") else "left")
+    for r in rows:
+        is_ref = r["candidate"] == "reference"
+        ci = "-" if is_ref else ("n/a" if not math.isfinite(r["ratio_ci_low"]) else
+                                 f"{r['ratio_ci_low']:.2f}-{r['ratio_ci_high']:.2f}")
+        table.add_row(r["case"], str(r["batch"]), r["candidate"], f"{r['img_per_s']:.1f}",
+                      "1.00" if is_ref else f"{r['ratio_vs_reference']:.2f}", ci,
+                      "-" if is_ref else f"{r['ratio_min']:.2f}-{r['ratio_max']:.2f}", str(r["rounds"]))
+    con.print(table)
+    con.print(f"img/s: median over rounds; ratio: median of the paired per-round ratios vs the reference; "
+              f"interval: {100 * CI_LEVEL:.0f}% percentile bootstrap over the paired rounds "
+              f"({CI_RESAMPLES} resamples); min-max: of the per-round ratios")
+    for name, c in cands.items():
+        a = acc.get(name, {})
+        acc_txt = "" if name == "reference" else \
+            (f"; max |diff| vs reference {a['max_abs_diff']:.1e}, grad rel diff {a['max_rel_grad_diff']:.1e}, "
+             f"max |err| vs fp64 {a['max_abs_err_vs_fp64']:.1e}")
+        con.print(f"  {name}: {escape(c.note)}{acc_txt}")
+    if epoch_note:
+        con.print(f"epoch data: {epoch_note}; rounds per case: {rounds}, epoch rounds: {epoch_rounds}")
+    con.print(f"load average (1 min): before {load_start}, after {load_end} ({env['cores']} cores)")
+    for w in warnings:
+        con.print(f"[bold red]{escape(w)}[/bold red]")
+    if not warnings:
+        con.print("trust: machine idle enough and every interval within "
+                  f"{100 * WIDE_REL_HALFWIDTH:.0f}% of its ratio")
     path = write_csv_atomic(rows, args.csv)
     con.print(f"wrote {path}")
+    if not args.no_docs and _in_dir(Path(path), args.bench_dir):
+        con.print(f"wrote {write_docs(args.bench_dir, args.docs)} (from {args.bench_dir}/*.csv)")
     return 0
 
 
