@@ -215,6 +215,9 @@ def ablation_bars(table: Table, stem: Path) -> FigureOutcome:
                 jitter = np.linspace(-0.15, 0.15, len(dots[v])) if len(dots[v]) > 1 else np.zeros(1)
                 ax.scatter(dots[v], yi + jitter, s=5, color="black", zorder=5, linewidth=0)
         ax.axvline(0, color=REF_COLOR, lw=0.9, ls="--", zorder=1)
+        if not has_ci:
+            ax.text(0.99, 0.01, "one seed: no inference", transform=ax.transAxes, ha="right", va="bottom",
+                    fontsize=6, color="#555555", style="italic")
         ax.set_yticks(ypos)
         ax.set_yticklabels([table.name(v) + (f" {marks[v]}" if marks[v] else "") for v in order])
         sd = s.at[ref, "pooled_dsc_std"] * 100
@@ -380,8 +383,8 @@ def latency_pareto(table: Table, stem: Path) -> FigureOutcome:
         if ref is not None and ref in s.index:
             handles.append(Line2D([], [], marker="o", ls="", color=REF_COLOR, mec="black", mew=0.6, ms=4,
                                   label=table.name(ref)))
-        ax.legend(handles=handles, loc="upper right", frameon=True, framealpha=0.9, edgecolor="none",
-                  handlelength=2.6)
+        ax.legend(handles=handles, loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=len(handles), frameon=False,
+                  handlelength=2.6, columnspacing=0.8, handletextpad=0.4, borderaxespad=0.1)
         fig.tight_layout()
         files = save(fig, stem)
     cap = ("Pooled test DSC (mean over seeds) against inference latency (mean over the runs' recorded medians, "
