@@ -36,11 +36,15 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from rich import box
+from rich.console import Group
 from rich.table import Table
+from rich.text import Text
 
+from studies import _cli
 from studies._cli import CHECK_FAILED, UnknownModels, console, fail, resolve_models
 
-PROG = "studies.budget"
+PROG = "python -m studies.budget"
 
 
 @dataclass(frozen=True)
@@ -104,12 +108,14 @@ def budget_for(name: str, max_params: int | None, max_macs: int | None) -> Budge
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=f"python -m {PROG}", description=__doc__.split("\n\n")[0])
+    p = _cli.parser(PROG, "The parameter-budget gate (CI): params and legacy-thop MACs of registered models "
+                          "against their budget (the rule: python -m pydoc studies.budget).", epilog=EPILOG)
     p.add_argument("--models", nargs="+", default=None, metavar="NAME",
                    help="registered model names, glob patterns or 'all' (default: egeunet)")
     p.add_argument("--max-params", type=int, default=None, help="parameter ceiling (params <= N)")
     p.add_argument("--max-macs", type=int, default=None, help="legacy-thop MAC ceiling (MACs <= N)")
     p.add_argument("--size", type=int, default=256, help="input side for the MAC count (default 256)")
+    _cli.add_format(p)
     return p
 
 
@@ -144,20 +150,47 @@ def gate(names: Sequence[str], max_params: int | None = None, max_macs: int | No
     return rows
 
 
-def render(rows: Sequence[dict[str, Any]], size: int) -> Table:
-    t = Table(title=f"Parameter budget (legacy thop MACs at 1x3x{size}x{size})")
-    for col, just in (("model", "left"), ("params", "right"), ("params budget", "right"),
-                      ("thop MACs", "right"), ("MACs budget", "right"), ("budget source", "left"),
-                      ("result", "left")):
-        t.add_column(col, justify=just, no_wrap=True)
+def render(rows: Sequence[dict[str, Any]], size: int) -> Group:
+    """The gate's table (80 columns), then one line per budget source and per failure."""
+    t = Table(title=f"Parameter budget (legacy thop MACs at 1x3x{size}x{size})", box=box.SIMPLE_HEAD,
+              pad_edge=False, title_justify="left")
+    t.add_column("model", overflow="fold")
+    for col in ("params", "params budget", "thop MACs", "MACs budget"):
+        t.add_column(col, justify="right", no_wrap=True)
+    t.add_column("result", no_wrap=True)
+    sources: dict[str, list[str]] = {}
+    fails = []
     for r in rows:
         b: Budget = r["budget"]
+        sources.setdefault(b.source or "none", []).append(r["model"])
         result = "[green]pass[/green]" if r["ok"] and r["gated"] else (
-            "[yellow]no budget[/yellow]" if not r["gated"] else f"[bold red]FAIL[/bold red] {r['why']}")
+            "[yellow]no budget[/yellow]" if not r["gated"] else "[bold red]FAIL[/bold red]")
+        if not r["ok"]:
+            fails.append(Text.from_markup(f"[bold red]FAIL[/bold red] {r['model']}: {r['why']}"))
         t.add_row(r["model"], "—" if r["params"] is None else f"{r['params']:,}", b.describe_params(),
-                  "—" if r["thop_macs"] is None else f"{r['thop_macs']:,}", b.describe_macs(),
-                  b.source, result)
-    return t
+                  "—" if r["thop_macs"] is None else f"{r['thop_macs']:,}", b.describe_macs(), result)
+    notes = [Text(f"budget of {', '.join(models)}: {src}") for src, models in sources.items()]
+    return Group(t, *notes, *fails)
+
+
+COLUMNS = ("model", "params", "params_budget", "thop_macs", "macs_budget", "budget_source", "ok", "gated", "why")
+
+
+def _row(r: dict[str, Any]) -> dict[str, Any]:
+    b: Budget = r["budget"]
+    return {"model": r["model"], "params": r["params"], "params_budget": b.describe_params(),
+            "thop_macs": r["thop_macs"], "macs_budget": b.describe_macs(), "budget_source": b.source,
+            "ok": r["ok"], "gated": r["gated"], "why": r["why"]}
+
+
+EPILOG = f"""\
+examples:
+  python -m studies.budget                          # the CI gate: EGE-UNet exactly
+  python -m studies.budget --models 'egeunet*' --max-params 59999
+  python -m studies.budget --models all --format json
+
+{_cli.EXIT_LINE}
+"""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -167,11 +200,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UnknownModels as exc:
         fail(PROG, str(exc))
     rows = gate(names, args.max_params, args.max_macs, args.size)
-    console().print(render(rows, args.size))
+    _cli.emit([_row(r) for r in rows], COLUMNS, args.format, console(), lambda: render(rows, args.size))
     failed = [r for r in rows if not r["ok"]]
     if failed:
         fail(PROG, "over budget: " + "; ".join(f"{r['model']} ({r['why']})" for r in failed), CHECK_FAILED)
-    print(f"budget: {len(rows)} model(s) within budget", flush=True)
+    print(f"budget: {len(rows)} model(s) within budget", file=sys.stdout if args.format == "table" else sys.stderr,
+          flush=True)
     return 0
 
 

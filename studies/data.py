@@ -25,17 +25,20 @@ from collections import Counter
 from pathlib import Path, PurePosixPath
 
 import numpy as np
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from studies import _cli
 from engine.data import DataError, DataWarning, data_root, list_datasets, load_split
 from engine.data import cache as dcache
 from engine.data.decode import read_pair
 from engine.data.layouts import LAYOUTS, PH2_IMAGES_DIR, Problem, detect, discover, locate
 from engine.data.loader import dataset_dir, normalise_dataset
 
-console = Console(highlight=False, markup=False)
-err_console = Console(stderr=True, highlight=False, markup=False)
+PROG = "python -m studies.data"
+console = Console(highlight=False, markup=False, width=_cli.terminal_width())
+err_console = Console(stderr=True, highlight=False, markup=False, width=_cli.terminal_width())
 
 
 # --------------------------------------------------------------------------- summary
@@ -69,15 +72,13 @@ def cmd_summary(args) -> int:
         torch.set_num_threads(args.threads)
     names = [normalise_dataset(d) for d in args.dataset] if args.dataset else \
         list_datasets(available_only=True, root=args.data_root, cache_dir=args.cache_dir)
-    table = Table(title=f"datasets at {args.size}x{args.size}, protocol {args.protocol}")
-    for col in ("dataset", "split", "n", "source sizes (HxW)", "lesion fraction mean ± std", "min / max",
-                "split source"):
-        table.add_column(col, justify="right" if col in ("n",) else "left")
-    timing = Table(title="cache and epoch loading") if args.timing else None
+    rows: list[dict] = []
+    sources: dict[str, str] = {}
+    timing = Table(title="cache and epoch loading (img/s)", box=box.SIMPLE_HEAD, pad_edge=False,
+                   title_justify="left") if args.timing else None
     if timing is not None:
-        for col in ("dataset", "cache", "cache s", "load_split s (train)", "epoch load img/s",
-                    "+normalise+augment img/s"):
-            timing.add_column(col)
+        for col in ("dataset", "cache", "cache s", "load_split\ns (train)", "epoch\nload", "+normalise\n+augment"):
+            timing.add_column(col, overflow="fold", justify="left" if col in ("dataset", "cache") else "right")
     for name in names:
         for i, split in enumerate(_splits_for(args.protocol)):
             t0 = time.perf_counter()
@@ -95,9 +96,13 @@ def cmd_summary(args) -> int:
                 c = Counter(f"{h}x{w}" for h, w in np.asarray(arr.info["source_hw"]).tolist())
                 sizes = ", ".join(f"{k} ({v})" for k, v in c.most_common(2)) + (f", +{len(c) - 2} more"
                                                                                  if len(c) > 2 else "")
-            table.add_row(name + (" (synthetic)" if arr.synthetic else ""), split, str(len(arr)), sizes,
-                          f"{lf.mean():.3f} ± {lf.std(ddof=1) if len(lf) > 1 else 0:.3f}",
-                          f"{lf.min():.3f} / {lf.max():.3f}", arr.info.get("split_source", ""))
+            rows.append({"dataset": name, "synthetic": bool(arr.synthetic), "split": split, "n": len(arr),
+                         "source_sizes": sizes, "lesion_mean": float(lf.mean()),
+                         "lesion_std": float(lf.std(ddof=1)) if len(lf) > 1 else 0.0,
+                         "lesion_min": float(lf.min()), "lesion_max": float(lf.max()),
+                         "split_source": arr.info.get("split_source", ""), "size": args.size,
+                         "protocol": args.protocol})
+            sources.setdefault(name, arr.info.get("split_source", ""))
             if timing is not None and split == "train":
                 if arr.synthetic:
                     cache = "none (generated)"
@@ -111,12 +116,39 @@ def cmd_summary(args) -> int:
                 raw = _epoch_throughput(arr, args.batch_size, augment=False)
                 aug = _epoch_throughput(arr, args.batch_size, augment=True)
                 timing.add_row(name, cache, cache_s, f"{load_s:.2f}", f"{raw:,.0f}", f"{aug:,.0f}")
-    console.print(table)
+    if args.format != "table":
+        _cli.emit(rows, SUMMARY_COLUMNS, args.format)
+        return 0
+    console.print(_summary_table(rows, args))
+    for name, src in sources.items():
+        if src:
+            console.print(f"{name} split lists: {src}")
     if timing is not None:
         console.print(timing)
         console.print(f"epoch = one pass over the train split in shuffled batches of {args.batch_size}; "
                       f"torch threads {_threads()}")
     return 0
+
+
+SUMMARY_COLUMNS = ("dataset", "synthetic", "protocol", "size", "split", "n", "source_sizes", "lesion_mean",
+                   "lesion_std", "lesion_min", "lesion_max", "split_source")
+
+
+def _summary_table(rows: list[dict], args) -> Table:
+    table = Table(title=f"datasets at {args.size}x{args.size}, protocol {args.protocol}", box=box.SIMPLE_HEAD,
+                  pad_edge=False, title_justify="left")
+    table.add_column("dataset", overflow="fold")
+    table.add_column("split", no_wrap=True)
+    table.add_column("n", justify="right", no_wrap=True)
+    table.add_column("source sizes (HxW)", overflow="fold")
+    table.add_column("lesion fraction\nmean ± std", no_wrap=True)
+    table.add_column("min / max", no_wrap=True)
+    for r in rows:
+        synth = r["synthetic"] and r["dataset"] != "synthetic"
+        table.add_row(r["dataset"] + (" (synthetic)" if synth else ""), r["split"], str(r["n"]),
+                      r["source_sizes"], f"{r['lesion_mean']:.3f} ± {r['lesion_std']:.3f}",
+                      f"{r['lesion_min']:.3f} / {r['lesion_max']:.3f}")
+    return table
 
 
 def _threads() -> int:
@@ -324,10 +356,32 @@ def _validate_or_raise(dataset: str, base: Path) -> None:
 
 # --------------------------------------------------------------------------- main
 
+EPILOG = f"""\
+commands:
+  summary   counts, source sizes and lesion fractions per split; --timing adds
+            the cache build/open time and the epoch load throughput
+  check     validate a dataset folder (or a name, or a data root): list EVERY
+            problem, decoding every file
+  prepare   import official zips (into <cache>/sources) or a folder, validate,
+            build the preprocessing cache at --size
+
+examples:
+  python -m studies.data summary --dataset synthetic --size 64
+  python -m studies.data check ../shared/data/ISIC2018
+  python -m studies.data prepare --dataset isic2018 \\
+      --from ISIC2018_Task1-2_Training_Input.zip \\
+      --from ISIC2018_Task1_Training_GroundTruth.zip
+
+Data root: --data-root, else $EGEUNET_DATA, else ../shared/data beside the
+checkout. Cache: --cache-dir, else $EGEUNET_CACHE, else ~/.cache/egeunet.
+{_cli.EXIT_LINE}
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m studies.data", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = _cli.parser(PROG, "Inspect, validate and import datasets.", epilog=EPILOG)
     sub = ap.add_subparsers(dest="command", required=True, metavar="{summary,check,prepare}")
+    fmt = {"formatter_class": ap.formatter_class}
 
     def common(p):
         p.add_argument("--data-root", default=None, help="folder holding ISIC2018/, ISIC2017/, PH2Dataset/ "
@@ -335,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--cache-dir", default=None, help="preprocessing cache (default: $EGEUNET_CACHE, else "
                                                          "~/.cache/egeunet)")
 
-    s = sub.add_parser("summary", help="counts, sizes and lesion-fraction statistics per split",
+    s = sub.add_parser("summary", help="counts, sizes and lesion-fraction statistics per split", **fmt,
                        description="Per split: image count, source sizes, lesion fraction (mean ± sample std, "
                                    "min/max) at the training size, and where the split lists come from. Builds the "
                                    "preprocessing cache on first use.")
@@ -349,10 +403,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, default=8, help="batch size of the timed epoch (default 8)")
     s.add_argument("--threads", type=int, default=None, help="torch CPU threads for the timed epoch (default: "
                                                               "torch's default)")
+    _cli.add_format(s)
     common(s)
     s.set_defaults(func=cmd_summary)
 
-    c = sub.add_parser("check", help="validate a dataset folder and list every problem",
+    c = sub.add_parser("check", help="validate a dataset folder and list every problem", **fmt,
                        description="Validate a dataset folder, a data root holding several, or a dataset name "
                                    "(resolved under --data-root). Lists every problem: missing/extra/duplicate "
                                    "files, unpaired images or masks, empty, unreadable, truncated or corrupt files, "
@@ -362,7 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(c)
     c.set_defaults(func=cmd_check)
 
-    p = sub.add_parser("prepare", help="import official zips or a folder, validate, build the cache",
+    p = sub.add_parser("prepare", help="import official zips or a folder, validate, build the cache", **fmt,
                        description="Zips (give every archive of the dataset in one call, e.g. the image and the "
                                    "ground-truth zip) are extracted into <cache>/sources/<Dataset>/ and validated "
                                    "before they replace any previous import; a folder is validated in place. Then "
@@ -379,14 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except DataError as e:
-        err_console.print(f"error: {e}", soft_wrap=True, markup=False)
-        return 2
-    except ValueError as e:  # unknown dataset / protocol names
-        err_console.print(f"error: {e}", soft_wrap=True, markup=False)
-        return 2
+    return _cli.guard(PROG, lambda: args.func(args), ValueError)  # ValueError: unknown dataset / protocol names
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from studies import _cli
 from studies._cli import console, fail, write_csv_atomic
 
 PROG = "python -m studies.fastcheck"
@@ -36,9 +37,18 @@ COLUMNS = ("seed", "path", "epoch", "train_loss", "val_loss", "val_pooled_dsc", 
            "seconds", "config_hash", "fast_path")
 
 
+EPILOG = f"""\
+examples:
+  python -m studies.fastcheck                         # ISIC 2018, seeds 0,1
+  python -m studies.fastcheck --dataset synthetic --size 32 --epochs 2 \\
+      --results /tmp/fastcheck
+
+{_cli.EXIT_LINE}
+"""
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[1].replace("\n", " "),
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _cli.parser(PROG, __doc__.split("\n\n")[1], epilog=EPILOG)
     p.add_argument("--dataset", default="isic2018", help="dataset to train on (default: isic2018)")
     p.add_argument("--data-root", default=None, help="data folder (default: $EGEUNET_DATA or ../shared/data)")
     p.add_argument("--seeds", default="0,1", help="comma list of seeds; each runs both paths (default: 0,1)")
@@ -98,6 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     seeds = _seeds(args.seeds)
     if args.size < 32 or args.epochs < 1 or args.train_images < 0 or args.threads < 1:
         fail(PROG, "--size must be >= 32, --epochs and --threads >= 1, --train-images >= 0")
+    try:
+        _cli.check_output_dir(args.results, "--results")
+    except _cli.CLIError as e:
+        fail(PROG, str(e))
     from engine.data import dataset_available
     from engine.record import load_record
     from engine.train import run_training

@@ -17,16 +17,29 @@ import argparse
 import sys
 from typing import Any, Sequence
 
+from rich import box
+from rich.console import Group
 from rich.table import Table
+from rich.text import Text
 
+from studies import _cli
 from studies._cli import CHECK_FAILED, UnknownModels, console, fail, resolve_models, write_csv_atomic
 
-PROG = "studies.profile"
-DEFAULT_CSV = "results/profile/profile.csv"
+PROG = "python -m studies.profile"
+DEFAULT_CSV = "results/profile/profile.csv"  # git-ignored: a local measurement, not a committed result
+EPILOG = f"""\
+examples:
+  python -m studies.profile                        # EGE-UNet at 256 x 256
+  python -m studies.profile --models all --no-latency
+  python -m studies.profile --models 'egeunet*' --format csv > sizes.csv
+
+The CSV (--csv, default {DEFAULT_CSV}, git-ignored) holds every column.
+{_cli.EXIT_LINE}
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=f"python -m {PROG}", description=__doc__.split("\n\n")[0])
+    p = _cli.parser(PROG, __doc__.split("\n\n")[0].replace("``python -m studies.profile``: ", ""), epilog=EPILOG)
     p.add_argument("--models", nargs="+", default=None, metavar="NAME",
                    help="registered model names, glob patterns or 'all' (default: egeunet)")
     p.add_argument("--size", type=int, nargs="+", default=[256], metavar="S",
@@ -39,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=10, help="untimed warm-up iterations (default 10)")
     p.add_argument("--min-run-time", type=float, default=1.0, help="seconds timed per measurement (default 1)")
     p.add_argument("--csv", default=DEFAULT_CSV, help=f"output CSV (default {DEFAULT_CSV})")
+    _cli.add_format(p)
     return p
 
 
@@ -54,23 +68,33 @@ def _f(v: Any, fmt: str = ",.1f") -> str:
     return "—" if v is None else format(v, fmt)
 
 
-def render(rows: Sequence[dict[str, Any]]) -> Table:
+def render(rows: Sequence[dict[str, Any]]) -> Group:
+    """The complexity table (and the speed table when latency was measured), laid out for 80 columns."""
     first = rows[0] if rows else {}
-    table = Table(title=f"Model complexity at {first.get('input', '?')} (MACs counted at batch 1)")
-    for col, just in (("model", "left"), ("params", "right"), ("MMACs\nFlopCounter/2", "right"),
-                      ("MMACs\nthop (legacy)", "right"), ("M fvcore", "right"), ("KiB\nfp32", "right"),
-                      ("KiB\nfp16", "right"), ("latency ms\nmedian (IQR)", "right"), ("img/s", "right")):
-        table.add_column(col, justify=just, no_wrap=True)
+    table = Table(title=f"Model complexity at {first.get('input', '?')} (MACs counted at batch 1)",
+                  box=box.SIMPLE_HEAD, pad_edge=False, title_justify="left")
+    table.add_column("model", overflow="fold")
+    for col in ("params", "MMACs\nFlopCtr/2", "MMACs\nthop", "M\nfvcore", "KiB\nfp32"):
+        table.add_column(col, justify="right", no_wrap=True)
+    speed = Table(title="Speed", box=box.SIMPLE_HEAD, pad_edge=False, title_justify="left")
+    speed.add_column("model", overflow="fold")
+    for col in ("latency ms\nmedian", "IQR", "batch", "img/s", "batch "):
+        speed.add_column(col, justify="right", no_wrap=True)
+    timed = False
     for r in rows:
         if r.get("error"):
-            table.add_row(f"[red]{r['model']}[/red]", f"[red]error: {r['error']}[/red]", *[""] * 7)
+            table.add_row(f"[red]{r['model']}[/red]", "[red]error[/red]", "", "", "", "")
             continue
-        lat = "—" if r.get("latency_ms_median") is None else \
-            f"{r['latency_ms_median']:.1f} ({r['latency_ms_iqr']:.1f}) b{r['latency_batch']}"
-        thr = "—" if r.get("throughput_img_s") is None else f"{r['throughput_img_s']:.1f} b{r['throughput_batch']}"
         table.add_row(r["model"], _int(r["params"]), _m(r["macs"]), _m(r["thop_macs"]), _m(r["fvcore_flops"]),
-                      _f(r["size_fp32_kib"]), _f(r["size_fp16_kib"]), lat, thr)
-    return table
+                      _f(r["size_fp32_kib"]))
+        if r.get("latency_ms_median") is not None or r.get("throughput_img_s") is not None:
+            timed = True
+            lat = r.get("latency_ms_median")
+            thr = r.get("throughput_img_s")
+            speed.add_row(r["model"], _f(lat), _f(r.get("latency_ms_iqr")) if lat is not None else "—",
+                          str(r.get("latency_batch") or "—"), _f(thr), str(r.get("throughput_batch") or "—"))
+    errors = [Text(f"{r['model']}: {r['error']}", style="red") for r in rows if r.get("error")]
+    return Group(table, *([speed] if timed else []), *errors)
 
 
 def notes(rows: Sequence[dict[str, Any]]) -> list[str]:
@@ -83,7 +107,7 @@ def notes(rows: Sequence[dict[str, Any]]) -> list[str]:
         f"MACs: {r['macs_counter']} ({r['macs_counter_version']}) | legacy thop {r['thop_version']} "
         f"(= the papers' 'GFLOPs'; equals FlopCounter/2 for EGE-UNet, over-counts transposed convs) | "
         f"fvcore {r['fvcore_version']} (also counts norms and up-sampling)",
-        "KiB = parameter bytes / 1,024 (fp32: 4 B, fp16: 2 B per parameter)",
+        "KiB = parameter bytes / 1,024 (fp32: 4 B per parameter; fp16 is half, in the CSV)",
         f"timing: device {r['device']} ({r['device_name']}), {r['threads']} threads, torch {r['torch_version']}, "
         f"{r['timer'] or 'not measured'}" + (f", {r['warmup']} warm-up iterations" if r['timer'] else ""),
     ]
@@ -104,9 +128,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not torch.cuda.is_available():
             fail(PROG, f"--device {args.device}: CUDA is not available on this machine")
 
+    try:
+        csv_path = _cli.check_output_file(args.csv, "--csv")
+    except _cli.CLIError as exc:
+        fail(PROG, str(exc))
+
     from engine.profile import PROFILE_KEYS, profile_model
 
-    out = console()
+    out = console(stderr=args.format != "table")
     err = console(stderr=True)
     rows: list[dict[str, Any]] = []
     failed: list[str] = []
@@ -125,10 +154,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             row = {"model": name, "error": msg}
             failed.append(name)
         rows.append(row)
-    out.print(render(rows))
+    _cli.emit(rows, (*PROFILE_KEYS, "error"), args.format, out, lambda: render(rows))
     for line in notes(rows):
         out.print(f"[dim]{line}[/dim]", highlight=False)
-    path = write_csv_atomic(rows, args.csv, columns=(*PROFILE_KEYS, "error"))
+    path = write_csv_atomic(rows, csv_path, columns=(*PROFILE_KEYS, "error"))
     out.print(f"wrote {path}")
     if failed:
         fail(PROG, f"could not profile {', '.join(failed)} (see the table)", CHECK_FAILED)

@@ -12,18 +12,23 @@ Exit status: 0 all runs done, 1 some run failed (after all others finished), 2 b
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
+from rich import box
 from rich.console import Console
 from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
-from studies import store
+from studies import _cli, store
 from studies.suites import (
     BUDGETS,
     DATASETS,
@@ -39,38 +44,54 @@ from studies.suites import (
 
 EPILOG = """\
 examples:
-  python -m studies.run                                  # the smoke suite on synthetic data (seconds)
-  python -m studies.run --list                           # suites, their variants and run counts
-  python -m studies.run --suite ablation_ghpa --dry-run  # what would run, what is already done
+  python -m studies.run                       # smoke suite, synthetic data
+  python -m studies.run --list                # one line per suite
+  python -m studies.run --list ablation_ghpa  # that suite's variants
+  python -m studies.run --suite ablation_ghpa --dry-run
   python -m studies.run --suite ablation_ghpa --budget smoke
   python -m studies.run --suite compare --budget cpu --seeds 3 --workers 2
-  python -m studies.run --suite ablation_gab --seed-list 0,3,7 --results /data/results
+  python -m studies.run --suite ablation_gab --seed-list 0,3,7 \\
+      --results /data/results
 
-Results: <results>/runs/<config_hash>/ (one record per run, shared by all suites) and
-<results>/<suite>/results.csv|.parquet (one row per run, rebuilt from the records).
-Data: --data-root, else $EGEUNET_DATA, else ../shared/data beside the checkout. When a suite's
-default dataset is missing the suite runs on SYNTHETIC data instead, and says so.
-exit status: 0 all runs done; 1 a run failed (the others still ran); 2 bad name, argument or data.
+Results: <results>/runs/<config_hash>/ (one record per run, shared by all
+suites) and <results>/<suite>/results.csv|.parquet (one row per run, rebuilt
+from the records). --results defaults to results/, except at the smoke budget:
+smoke runs go to a scratch folder ($EGEUNET_SCRATCH, else <tmp>/egeunet-smoke),
+so trying the suite never changes the committed results.
+Data: --data-root, else $EGEUNET_DATA, else ../shared/data beside the
+checkout. When a suite's default dataset is missing the suite runs on
+SYNTHETIC data instead, and says so (--strict-data: exit 2 instead).
+exit status: 0 all runs done; 1 a run failed (the others still ran);
+2 bad name, argument, results folder or data (one line on stderr).
 """
 
 
 PROG = "python -m studies.run"
+SMOKE_SCRATCH = "egeunet-smoke"
 
 
-class UsageError(Exception):
+class UsageError(_cli.CLIError):
     """Bad command line: one line, exit 2."""
 
 
+def default_results(budget: str) -> str:
+    """The results folder when --results is not given: results/, or a scratch folder at the smoke budget."""
+    if budget != "smoke":
+        return "results"
+    scratch = os.environ.get("EGEUNET_SCRATCH")
+    return scratch or str(Path(tempfile.gettempdir()) / SMOKE_SCRATCH)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog=PROG,
-        description="Run an EGE-UNet study suite (variants x datasets x seeds); finished runs are skipped.",
+    p = _cli.parser(
+        PROG,
+        "Run an EGE-UNet study suite (variants x datasets x seeds); finished runs are skipped.",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--suite", default=DEFAULT_SUITE, metavar="NAME",
                    help=f"suite to run: {', '.join(SUITES)} (default: {DEFAULT_SUITE})")
-    p.add_argument("--list", action="store_true", help="list the suites with their variants and run counts, then exit")
+    p.add_argument("--list", nargs="?", const="", default=None, metavar="SUITE",
+                   help="list the suites, one line each (or SUITE's variants), then exit")
     p.add_argument("--dry-run", action="store_true", help="show the runs and which are already done; train nothing")
     p.add_argument("--budget", metavar="B", help=f"training budget: {', '.join(BUDGETS)} (default: the suite's)")
     p.add_argument("--dataset", action="append", metavar="D",
@@ -97,7 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latency", action=argparse.BooleanOptionalAction, default=None,
                    help="measure each model's CPU latency (batch 1, 256x256, --threads or 1 thread, once per "
                         "model and results folder) for the latency_ms column (default: on, off at the smoke budget)")
-    p.add_argument("--results", default="results", metavar="DIR", help="results folder (default: results/)")
+    p.add_argument("--results", default=None, metavar="DIR",
+                   help="results folder (default: results/; at the smoke budget a scratch folder, "
+                        "$EGEUNET_SCRATCH or <tmp>/egeunet-smoke)")
+    _cli.add_format(p, "the --list, --dry-run or summary table")
     p.add_argument("--executor", default="local", metavar="E", help="where runs execute: local, ray (default: local)")
     p.add_argument("--fast", action=argparse.BooleanOptionalAction, default=None,
                    help="train and evaluate through the fast path (engine.fast: same numbers to float32 round-off, "
@@ -211,38 +235,126 @@ def _label(spec: RunSpec) -> str:
 # ------------------------------------------------------------------------------------------ commands
 
 
-def cmd_list(console: Console) -> int:
-    t = Table(title="suites (runs at the default budget; seeds: default, 1 at smoke)")
-    for col in ("suite", "variants", "datasets", "seeds", "budget", "runs", "description"):
-        t.add_column(col, overflow="fold")
+def seeds_text(seeds: Sequence[int]) -> str:
+    """Seeds for people: ``seed 0``, ``seeds 0-4 (5)``, ``seeds 0,3,7 (3)`` - never a bare ``0``."""
+    seeds = sorted(dict.fromkeys(int(x) for x in seeds))
+    if len(seeds) == 1:
+        return f"seed {seeds[0]}"
+    if seeds == list(range(seeds[0], seeds[0] + len(seeds))):
+        return f"seeds {seeds[0]}-{seeds[-1]} ({len(seeds)})"
+    return f"seeds {','.join(map(str, seeds))} ({len(seeds)})"
+
+
+def _table(title: str) -> Table:
+    return Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, title_justify="left")
+
+
+LIST_COLUMNS = ("suite", "n_variants", "datasets", "seeds", "budget", "runs", "description", "variants")
+VARIANT_COLUMNS = ("suite", "variant", "label", "budgets")
+
+
+def list_rows() -> list[dict[str, Any]]:
+    """One row per suite (what ``--list`` prints)."""
+    rows = []
     for s in SUITES.values():
-        variants = ", ".join(s.label(m) if s.label(m) == m else f"{m} ({s.label(m)})" for m in s.variants)
-        for b, extra in s.extra_at_budget.items():
-            variants += f"; +{', '.join(extra)} at {b}"
-        n = len(expand(s))
-        runs = str(n)
+        runs = str(len(expand(s)))
         if s.extra_at_budget:
             runs += "".join(f" ({len(expand(s, budget=b))} at {b})" for b in s.extra_at_budget)
-        t.add_row(s.name, variants, ", ".join(s.datasets), str(s.seeds), s.budget, runs, s.description)
-    console.print(t)
+        rows.append({"suite": s.name, "n_variants": len(s.variants), "datasets": list(s.datasets),
+                     "seeds": s.seeds, "budget": s.budget, "runs": runs, "description": s.description,
+                     "variants": list(s.all_variants())})
+    return rows
+
+
+def variant_rows(name: str) -> list[dict[str, Any]]:
+    """One row per variant of suite ``name`` (what ``--list NAME`` prints)."""
+    s = get_suite(name)
+    rows = [{"suite": s.name, "variant": m, "label": s.label(m), "budgets": "all"} for m in s.variants]
+    for m in s.all_variants()[len(s.variants):]:
+        at = [b for b, vs in s.extra_at_budget.items() if m in vs]
+        rows.append({"suite": s.name, "variant": m, "label": s.label(m), "budgets": ", ".join(at)})
+    return rows
+
+
+def cmd_list(console: Console, name: str = "", fmt: str = "table") -> int:
+    if name:
+        rows = variant_rows(name)
+        s = get_suite(name)
+
+        def render() -> Table:
+            runs = "; ".join(f"{len(expand(s, budget=b))} runs at {b}" for b in dict.fromkeys((s.budget,
+                                                                                              *s.extra_at_budget)))
+            t = _table(f"{s.name}: {s.description}\n{s.seeds} seeds, budget {s.budget}, datasets "
+                       f"{', '.join(s.datasets)}; {runs}")
+            t.add_column("variant", no_wrap=True)
+            t.add_column("label in tables", overflow="fold")
+            t.add_column("runs at", overflow="fold")
+            for r in rows:
+                t.add_row(r["variant"], r["label"], r["budgets"] if r["budgets"] == "all" else
+                          f"{r['budgets']} only")
+            return t
+
+        _cli.emit(rows, VARIANT_COLUMNS, fmt, console, render)
+        return 0
+    rows = list_rows()
+
+    def render() -> Text:
+        head = ("suite", "var", "datasets", "seeds", "budget", "runs", "description")
+        cells = [(r["suite"], str(r["n_variants"]), ",".join(r["datasets"]), str(r["seeds"]), r["budget"],
+                  r["runs"].split(" ")[0], r["description"]) for r in rows]
+        widths = [max(len(head[i]), *(len(c[i]) for c in cells)) for i in range(len(head) - 1)]
+        room = max(12, console.width - sum(widths) - 2 * len(widths))
+
+        def line(c: Sequence[str]) -> str:
+            left = "  ".join(v.rjust(w) if i in (1, 3, 5) else v.ljust(w) for i, (v, w) in enumerate(zip(c, widths)))
+            d = c[-1] if len(c[-1]) <= room else c[-1][:room - 1] + "…"
+            return f"{left}  {d}".rstrip()
+
+        return Text("\n".join([line(head), *(line(c) for c in cells)]))
+
+    _cli.emit(rows, LIST_COLUMNS, fmt, console, render)
+    if fmt == "table":
+        console.print("a suite's variants and full description: python -m studies.run --list SUITE")
     return 0
 
 
+DRY_COLUMNS = ("suite", "variant", "model", "dataset", "protocol", "budget", "seed", "config_hash", "state")
+
+
 def _dry_run(console: Console, suite_name: str, specs: list[RunSpec], hashes: list[str], results: str,
-             retry_failed: bool) -> int:
-    t = Table(title=f"{suite_name}: {len(specs)} runs under {results}/runs")
-    for col in ("variant", "model", "dataset", "protocol", "budget", "seed", "config_hash", "state"):
-        t.add_column(col)
+             retry_failed: bool, fmt: str = "table") -> int:
     states = Counter()
-    style = {"done": "green", "failed": "red", "running": "cyan", "partial": "yellow", "todo": ""}
+    rows = []
     for spec, h in zip(specs, hashes):
         st = store.run_state(results, h)
         states[st] += 1
-        t.add_row(spec.variant, spec.model, spec.dataset, spec.protocol, spec.budget, str(spec.seed), h,
-                  f"[{style[st]}]{st}[/]" if style[st] else st)
-    console.print(t)
+        rows.append({"suite": suite_name, "variant": spec.variant, "model": spec.model, "dataset": spec.dataset,
+                     "protocol": spec.protocol, "budget": spec.budget, "seed": spec.seed, "config_hash": h,
+                     "state": st})
+    style = {"done": "green", "failed": "red", "running": "cyan", "partial": "yellow", "todo": ""}
+
+    def render() -> Table:
+        both = {(s.protocol, s.budget) for s in specs}
+        where = ", ".join(f"protocol {p}, budget {b}" for p, b in sorted(both))
+        t = _table(f"{suite_name}: {len(specs)} runs ({where}) under {results}/runs")
+        show_model = any(r["variant"] != r["model"] for r in rows)
+        t.add_column("variant", overflow="fold")
+        if show_model:
+            t.add_column("model", overflow="fold")
+        t.add_column("dataset", overflow="fold")
+        t.add_column("seed", justify="right")
+        t.add_column("run id", no_wrap=True, min_width=12)
+        t.add_column("state", no_wrap=True)
+        for r in rows:
+            st = r["state"]
+            cells = [r["variant"], *([r["model"]] if show_model else []), r["dataset"], str(r["seed"]),
+                     r["config_hash"], f"[{style[st]}]{st}[/]" if style[st] else st]
+            t.add_row(*cells)
+        return t
+
+    _cli.emit(rows, DRY_COLUMNS, fmt, console, render)
     todo = states["todo"] + states["partial"] + (states["failed"] if retry_failed else 0)
-    console.print(
+    (console if fmt == "table" else _cli.console(stderr=True)).print(
         f"dry run: {states['done']} done (would be skipped), {todo} would run "
         f"({states['partial']} resumed), {states['failed']} failed before "
         f"({'retried' if retry_failed else 'reported, not retried without --retry-failed'}), "
@@ -251,18 +363,38 @@ def _dry_run(console: Console, suite_name: str, specs: list[RunSpec], hashes: li
     return 0
 
 
-def _summary(console: Console, outcomes: list[Any], specs_by_hash: dict[str, RunSpec]) -> Counter:
+SUMMARY_COLUMNS = ("variant", "model", "dataset", "seed", "config_hash", "status", "wall_s", "reason")
+
+
+def _summary(console: Console, outcomes: list[Any], specs_by_hash: dict[str, RunSpec],
+             fmt: str = "table") -> Counter:
     counts = Counter(o.status for o in outcomes)
-    t = Table(title="summary")
-    for col in ("variant", "dataset", "seed", "status", "wall", "reason"):
-        t.add_column(col, overflow="fold")
-    style = {"done": "green", "skipped": "dim", "failed": "bold red"}
+    rows = []
     for o in outcomes:
         sp = specs_by_hash[o.config_hash]
-        reason = o.reason or ""
-        t.add_row(sp.variant, sp.dataset, str(sp.seed), f"[{style.get(o.status, '')}]{o.status}[/]",
-                  f"{o.wall_s:.1f}s" if o.status != "skipped" else "", reason if o.status != "done" else "")
-    console.print(t)
+        rows.append({"variant": sp.variant, "model": sp.model, "dataset": sp.dataset, "seed": sp.seed,
+                     "config_hash": o.config_hash, "status": o.status, "wall_s": round(o.wall_s, 1),
+                     "reason": (o.reason or "") if o.status != "done" else ""})
+    style = {"done": "green", "skipped": "dim", "failed": "bold red"}
+    seeds = sorted({r["seed"] for r in rows})
+
+    def render() -> Table:
+        t = _table(f"summary ({seeds_text(seeds)})" if seeds else "summary")
+        t.add_column("variant", overflow="fold")
+        t.add_column("dataset", overflow="fold")
+        t.add_column("seed", justify="right")
+        t.add_column("run id", no_wrap=True, min_width=12)
+        t.add_column("status", no_wrap=True)
+        t.add_column("wall", justify="right", no_wrap=True)
+        t.add_column("reason", overflow="fold", ratio=1)
+        for r in rows:
+            st = r["status"]
+            t.add_row(r["variant"], r["dataset"], str(r["seed"]), r["config_hash"],
+                      f"[{style.get(st, '')}]{st}[/]", f"{r['wall_s']:.1f}s" if st != "skipped" else "",
+                      r["reason"])
+        return t
+
+    _cli.emit(rows, SUMMARY_COLUMNS, fmt, console, render)
     console.print(
         f"[green]{counts['done']} done[/], {counts['skipped']} skipped (already done), "
         + (f"[bold red]{counts['failed']} failed[/]" if counts["failed"] else "0 failed")
@@ -274,29 +406,31 @@ def _summary(console: Console, outcomes: list[Any], specs_by_hash: dict[str, Run
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from studies._cli import console as make_console
-
     args = build_parser().parse_args(argv)
-    console = make_console()
-    try:
-        if args.list:
-            return cmd_list(console)
-        return _run(args, console)
-    except (UsageError, SuiteError) as e:
-        return _error(e)
-    except Exception as e:
-        from engine.data import DataError
-        from studies.executors import ExecutorError
+    # with --format json|csv stdout carries only the data; everything else goes to stderr
+    console = _cli.console(stderr=args.format != "table")
 
-        if isinstance(e, (DataError, ExecutorError)):  # e.g. a Ray cluster that cannot be reached
-            return _error(e)
-        raise
+    def body() -> int:
+        if args.list is not None:
+            return cmd_list(_cli.console() if args.format == "table" else console, args.list, args.format)
+        return _run(args, console)
+
+    from studies.executors import ExecutorError
+
+    return _cli.guard(PROG, body, SuiteError, ExecutorError)
 
 
 def _error(e: BaseException) -> int:
-    msg = " ".join(str(e).split())
-    print(f"{PROG}: error: {msg}", file=sys.stderr, flush=True)
+    print(_cli.error_line(PROG, e), file=sys.stderr, flush=True)
     return 2
+
+
+DATA_ERROR = "DataError: "
+
+
+def _data_failures(outcomes: list[Any]) -> list[Any]:
+    """Failed runs whose reason is bad data (the engine raised ``DataError``): the suite exits 2."""
+    return [o for o in outcomes if o.status == "failed" and DATA_ERROR in (o.reason or "")]
 
 
 def _run(args: argparse.Namespace, console: Console) -> int:
@@ -314,6 +448,7 @@ def _run(args: argparse.Namespace, console: Console) -> int:
         raise UsageError(f"--workers must be >= 1, got {args.workers}")
     if args.threads is not None and args.threads < 1:
         raise UsageError(f"--threads must be >= 1, got {args.threads}")
+    results = str(_cli.check_output_dir(args.results or default_results(budget), "--results"))
     seeds = _seed_list(args)
     variants = _split([args.variants] if args.variants else None)
     if variants:
@@ -333,9 +468,9 @@ def _run(args: argparse.Namespace, console: Console) -> int:
     if synthetic:
         _synthetic_banner(console, notes)
 
-    results = args.results
     if args.dry_run:
-        return _dry_run(console, suite.name, specs, hashes, results, args.retry_failed)
+        return _dry_run(console if args.format != "table" else _cli.console(), suite.name, specs, hashes, results,
+                        args.retry_failed, args.format)
 
     if not args.restart:
         _refuse_conflicts(configs, results, args)
@@ -351,7 +486,11 @@ def _run(args: argparse.Namespace, console: Console) -> int:
     except (ExecutorError, ValueError) as e:
         raise UsageError(str(e)) from None
 
-    Path(results).mkdir(parents=True, exist_ok=True)
+    try:
+        Path(results).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"--results {results}: cannot create the folder ({e.strerror or e})") from None
+    _clean_stale(console, results)
     store.add_to_manifest(results, suite.name, [
         store.ManifestEntry(h, s.model, s.dataset, s.protocol, s.budget, s.seed) for s, h in zip(specs, hashes)
     ])
@@ -364,8 +503,8 @@ def _run(args: argparse.Namespace, console: Console) -> int:
     already = sum(store.is_done(store.run_dir(results, h)) for h in hashes)
     console.print(
         f"suite [bold]{suite.name}[/]: {len(tasks)} runs ({already} already done), budget {budget}, "
-        f"protocol {args.protocol}, datasets {', '.join(datasets)}, executor {args.executor} "
-        f"x{args.workers}, results in {results}/"
+        f"protocol {args.protocol}, datasets {', '.join(datasets)}, {seeds_text([s.seed for s in specs])}, "
+        f"executor {args.executor} x{args.workers}, results in {results}/"
     )
 
     last_write = [time.monotonic()]
@@ -399,7 +538,7 @@ def _run(args: argparse.Namespace, console: Console) -> int:
             mark = {"done": "[green]done[/]", "skipped": "[dim]skipped[/]", "failed": "[red]FAILED[/]"}
             extra = f" ({out.reason})" if out.status == "failed" and out.reason else ""
             progress.console.print(f"  {mark.get(out.status, out.status)} {out.label} "
-                                   f"[dim]{out.config_hash}[/] {out.wall_s:.1f}s{extra}", soft_wrap=True)
+                                   f"[dim]{out.config_hash}[/] {out.wall_s:.1f}s{extra}")
             if out.status != "skipped":
                 refresh_table()
 
@@ -417,11 +556,27 @@ def _run(args: argparse.Namespace, console: Console) -> int:
         except KeyboardInterrupt:
             console.print("[yellow]latency measurement interrupted[/]")
     df, path = store.write_table(results, suite)
-    counts = _summary(console, outcomes, specs_by_hash)
+    counts = _summary(console if args.format != "table" else _cli.console(), outcomes, specs_by_hash, args.format)
     console.print(f"table: {path} ({len(df)} rows) and {path.with_suffix('.parquet')}")
     if synthetic:
         console.print("[bold yellow on red] NOTE: SYNTHETIC DATA in this suite's runs: not skin-lesion results [/]")
+    bad_data = _data_failures(outcomes)
+    if bad_data:
+        reason = bad_data[0].reason or ""
+        more = f" (and {len(bad_data) - 1} more run(s))" if len(bad_data) > 1 else ""
+        why = re.sub(r" at [\w.]+\.py:\d+$", "", reason[reason.index(DATA_ERROR) + len(DATA_ERROR):])
+        return _error(f"bad data in run {bad_data[0].label} ({bad_data[0].config_hash}){more}: {why}")
     return 1 if counts["failed"] else 0
+
+
+def _clean_stale(console: Console, results: str) -> None:
+    """Remove what writers killed by SIGKILL left behind (table, record and cache temporaries)."""
+    from engine.data import cache as dcache
+
+    removed = _cli.clean_stale_temps(results) + dcache.clean_stale()
+    if removed:
+        console.print(f"removed {len(removed)} temporary file(s) left by killed writers "
+                      f"(e.g. {removed[0]})")
 
 
 def _refuse_conflicts(configs: list[Any], results: str, args: argparse.Namespace) -> None:

@@ -237,7 +237,7 @@ def test_cli_error_is_one_line_exit_2(fake_isic, tmp_path, capsys):
     rc = main(["summary", "--dataset", "isic2018", "--data-root", str(root), "--cache-dir", str(tmp_path / "c"),
                "--size", "8"])
     err = capsys.readouterr().err.strip()
-    assert rc == 2 and err.count("\n") == 0 and "ISIC_0000002.jpg" in err and err.startswith("error:")
+    assert rc == 2 and err.count("\n") == 0 and "ISIC_0000002.jpg" in err and err.startswith("python -m studies.data: error:")
 
 
 def _zip_dataset(base, zpath):

@@ -106,8 +106,13 @@ def test_cli_list(capsys):
     out = capsys.readouterr().out
     for name in SUITES:
         assert name in out
-    assert "egeunet_ghpa_g8" in out and "transfuse_s at paper" in out
-    assert "+GHPA" in out
+    assert runcli.main(["--list", "ablation_ghpa"]) == 0
+    assert "egeunet_ghpa_g8" in capsys.readouterr().out
+    assert runcli.main(["--list", "compare"]) == 0
+    out = capsys.readouterr().out
+    assert "transfuse_s" in out and "paper only" in out
+    assert runcli.main(["--list", "ablation_macro"]) == 0
+    assert "+GHPA" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
