@@ -5,21 +5,33 @@ a failed build, or ``EGEUNET_FAST_EXT=0`` in the environment. The fast path then
 pure-PyTorch kernels (same numbers to float32 round-off, slower). The build is cached under
 ``torch.utils.cpp_extension``'s folder (``TORCH_EXTENSIONS_DIR``, default
 ``~/.cache/torch_extensions``) by a hash of the source, flags, torch and Python; the first build
-takes about a minute, later processes import it directly.
+takes about a minute, later processes import it directly. A build that starts says so on stderr
+through :data:`NOTICE` (replace it to show or silence the message elsewhere).
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 import warnings
 from pathlib import Path
 from types import ModuleType
+from typing import Callable
 
 SOURCE = Path(__file__).with_name("csrc") / "fastops.cpp"
 _LOCK = threading.Lock()
 _STATE: dict[str, ModuleType | None] = {}
+BUILD_MESSAGE = "building fast kernels once (about a minute)…"
+
+
+def _notice(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+#: called with :data:`BUILD_MESSAGE` when a build of the kernels starts (not when a finished one is imported)
+NOTICE: Callable[[str], None] | None = _notice
 
 
 def enabled() -> bool:
@@ -68,7 +80,6 @@ def _load_or_build() -> ModuleType:
     import importlib.machinery
     import importlib.util
     import platform
-    import sys
 
     import torch
     from torch.utils.cpp_extension import _get_build_directory, load
@@ -83,6 +94,8 @@ def _load_or_build() -> ModuleType:
         lock = build_dir / "lock"
         if lock.exists() and time.time() - lock.stat().st_mtime > STALE_LOCK_S:
             lock.unlink(missing_ok=True)
+        if NOTICE is not None:
+            NOTICE(BUILD_MESSAGE)
         module = load(name=name, sources=[str(SOURCE)], extra_cflags=FLAGS, build_directory=str(build_dir),
                       verbose=False)
         marker.write_text(f"{name}\n")

@@ -14,7 +14,9 @@ Old entries are not deleted automatically (remove ``<cache>/data`` to reclaim sp
 Concurrency: builders take a file lock (``<entry>.lock``); the arrays are written into a temporary folder in the
 same directory, ``meta.json`` last, and the folder is moved into place with ``os.replace`` — so an entry is either
 complete or absent, and a failed or interrupted build leaves nothing behind. A second process waiting on the lock
-finds the finished entry and reuses it.
+finds the finished entry and reuses it. A builder killed outright (SIGKILL) cannot clean up: its temporary folder
+``.tmp-<entry>-<pid>-<hex8>`` is removed by the next build in that cache (:func:`clean_stale`) once no process
+with that pid is alive.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 import uuid
@@ -49,6 +52,43 @@ def cache_root(explicit: str | os.PathLike | None = None) -> Path:
     if env:
         return Path(env).expanduser()
     return Path.home() / ".cache" / "egeunet"
+
+
+_TMP_DIR = re.compile(r"^\.tmp-.+-(\d+)-[0-9a-f]{8}$")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return pid > 0
+
+
+def clean_stale(cache_dir: str | os.PathLike | None = None) -> list[Path]:
+    """Remove temporary build folders of dead builders (``.tmp-<name>-<pid>-<hex8>``, no process of that pid
+    alive on this machine, untouched for a minute) under the cache's ``data/`` and ``sources/`` folders;
+    returns the folders removed."""
+    removed: list[Path] = []
+    root = cache_root(cache_dir)
+    for sub in ("data", "sources"):
+        try:
+            entries = list((root / sub).glob(".tmp-*"))
+        except OSError:
+            continue
+        for d in entries:
+            m = _TMP_DIR.match(d.name)
+            try:
+                young = time.time() - d.lstat().st_mtime < 60
+            except OSError:
+                continue
+            if m and not young and not _pid_alive(int(m.group(1))):
+                shutil.rmtree(d, ignore_errors=True)
+                if not d.exists():
+                    removed.append(d)
+    return removed
 
 
 @dataclass
@@ -132,6 +172,7 @@ def get_or_build(dataset: str, base: Path, pairs: list[Pair], size_hw: tuple[int
         if (entry / "meta.json").is_file():  # another process built it while we waited
             STATS["reused"] += 1
             return _open_entry(entry, key, False, t0)
+        clean_stale(cache_dir)  # folders of builders killed before they could clean up
         tmp = root / f".tmp-{name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         try:

@@ -190,10 +190,27 @@ def _add_file(file_id: str, entry: os.DirEntry, table: dict[str, Path], what: st
         bad.add(file_id)
         return
     table[file_id] = p
-    st = entry.stat()
+    st = _stat(p, problems, what)
+    if st is None:
+        bad.add(file_id)
+        return
     stats[p] = (st.st_size, st.st_mtime_ns)
     if not _file_ok(p, st.st_size, problems, what):
         bad.add(file_id)
+
+
+def _stat(path: Path, problems: list[Problem], what: str) -> os.stat_result | None:
+    """``os.stat`` of a listed file, or None with a problem (a dangling symbolic link, a file that vanished)."""
+    try:
+        return os.stat(path)
+    except OSError as e:
+        if path.is_symlink():
+            problems.append(Problem(str(path), f"{path}: broken symbolic link to {os.readlink(path)} (the {what} "
+                                               f"it points to does not exist); fix the link or remove it"))
+        else:
+            problems.append(Problem(str(path), f"{path}: {what} file cannot be read ({e.strerror or e}); "
+                                               f"check the file or remove the pair"))
+        return None
 
 
 def _list_isic_part(base: Path, spec: PartSpec, problems: list[Problem]) -> list[Pair]:
@@ -317,8 +334,11 @@ def _list_ph2(base: Path, spec: PartSpec, problems: list[Problem]) -> list[Pair]
         if not imgs:
             problems.append(Problem(str(p), f"{p}: PH2 case folder without image or mask; remove it"))
             continue
-        ok = _file_ok(imgs[0], imgs[0].stat().st_size, problems, "image")
-        ok = _file_ok(msks[0], msks[0].stat().st_size, problems, "mask") and ok
+        st_img, st_msk = _stat(imgs[0], problems, "image"), _stat(msks[0], problems, "mask")
+        if st_img is None or st_msk is None:
+            continue
+        ok = _file_ok(imgs[0], st_img.st_size, problems, "image")
+        ok = _file_ok(msks[0], st_msk.st_size, problems, "mask") and ok
         if ok:
             pairs.append(Pair(cid, imgs[0], msks[0], spec.name))
     if n_cases == 0:

@@ -30,7 +30,9 @@ For ``isic2017``/``clean`` the loader uses the official folders themselves; the 
 the shared copy holds (its test set is 529 of the official 600) and feeds the overlap guard.
 
 Under ``paper``, ``split="val"`` returns the test set (the official code selects checkpoints on it).
-Other seeds than 0 draw new lists with the same rule at load time (not committed).
+Other seeds than 0 draw new lists with the same rule at load time (not committed). So does a folder in an ISIC
+layout that holds fewer than half of the committed ids (a custom or reduced dataset, not a damaged copy); a folder
+holding most but not all of them is refused, naming the first missing id.
 """
 
 from __future__ import annotations
@@ -196,12 +198,21 @@ def split_ids(dataset: str, protocol: str, part_ids: dict[str, list[str]], seed:
         pool = {i for p in pool_parts for i in part_ids.get(p, [])}
         listed = {i for ids in lists.values() for i in ids}
         missing = sorted(listed - pool)
-        if missing:
+        if missing and 2 * (len(listed) - len(missing)) < len(listed):
+            # fewer than half of the listed ids are here: not a damaged copy of the official data but a dataset
+            # of its own in the same layout (a custom or reduced folder); it is split by the same rule
+            lists = expected_lists(dataset, protocol, part_ids, seed)
+            source = (f"drawn at load time (seed {seed}, rule of engine/data/splits.py): the folder holds "
+                      f"{len(listed) - len(missing)} of the {len(listed)} ids of the committed lists")
+            notes.append(f"{base or 'the data folder'} is not the {dataset} copy the committed lists describe; its "
+                         f"{len(pool)} ids are split by the seeded rule")
+        elif missing:
             f = split_file(dataset, protocol, next(s for s, ids in lists.items() if missing[0] in ids))
             raise DataError(f"{f}: lists {len(missing)} id(s) absent from the data folder {base or ''} (first: "
-                            f"{missing[0]}); restore the missing files or load with seed=1.. to draw a split from "
-                            f"what is present", f)
-        extra = sorted(pool - listed)
+                            f"{missing[0]}); restore the missing files (`python -m studies.data check "
+                            f"{base or 'FOLDER'}` lists the folder), or use a folder holding fewer than half of "
+                            f"the listed ids, which is split as a dataset of its own", f)
+        extra = sorted(pool - listed) if not missing else []
         if extra:
             notes.append(f"{len(extra)} id(s) in the data are in no committed {dataset}/{protocol} list and are "
                          f"not used (first: {extra[0]})")
