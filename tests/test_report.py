@@ -279,7 +279,10 @@ def test_holm_matches_hand_computation():
 
 def test_bubble_area_is_proportional_to_parameters_without_floor():
     area = bubble_areas(pd.Series([53374, 250000, 7763041]))
-    assert area.iloc[2] == pytest.approx(900.0)
+    assert area.iloc[2] == pytest.approx(900.0)  # the largest capped at 900 pt²
+    light = bubble_areas(pd.Series([53374, 126000]))
+    assert light.iloc[0] == pytest.approx(53374 * 0.8e-3)  # light models on the fixed scale
+    assert light.iloc[1] / light.iloc[0] == pytest.approx(126000 / 53374)
     assert area.iloc[1] / area.iloc[0] == pytest.approx(250000 / 53374)  # 53 K and 250 K differ 4.7x in area
     assert area.iloc[0] < 14.0  # no minimum-size clamp
 

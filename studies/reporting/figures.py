@@ -66,16 +66,24 @@ def _label_subset(values: pd.Series, reference: str | None, k: int = 3) -> list[
 # ---------------------------------------------------------------------------------------------- bubble chart
 
 
+AREA_PER_PARAM = 0.8e-3  # pt² per parameter (53 K -> 43 pt², 250 K -> 200 pt²) unless the largest would exceed max
+
+
 def bubble_areas(params: pd.Series, max_area: float = 900.0) -> pd.Series:
-    """Marker areas (pt²) proportional to the parameter count, the largest model at ``max_area``; no floor,
-    so 53 K and 250 K stay 4.7x apart in area (2.2x in diameter) whatever else is in the chart."""
-    return params.astype(float) / float(params.max()) * max_area
+    """Marker areas (pt²) proportional to the parameter count: ``AREA_PER_PARAM`` per parameter, or less so
+    that the largest model is ``max_area``. No floor, so 53 K and 250 K stay 4.7x apart in area (2.2x in
+    diameter) whatever else is in the chart."""
+    return params.astype(float) * area_scale(params, max_area)
 
 
-def _legend_sizes(lo: float, hi: float, max_area: float, cap: float = 260.0) -> list[float]:
+def area_scale(params: pd.Series, max_area: float = 900.0) -> float:
+    return min(AREA_PER_PARAM, max_area / float(params.max()))
+
+
+def _legend_sizes(lo: float, hi: float, scale: float, cap: float = 260.0) -> list[float]:
     """Round parameter counts for the size legend: from the smallest model up, none drawn above ``cap`` pt²."""
     cands = [1e4, 2.5e4, 5e4, 1e5, 2.5e5, 5e5, 1e6, 2.5e6, 5e6, 1e7, 2.5e7, 5e7]
-    ok = [c for c in cands if c >= lo * 0.5 and c / hi * max_area <= cap]
+    ok = [c for c in cands if c >= lo * 0.5 and c * scale <= cap]
     if len(ok) > 3:
         ok = [ok[0], ok[len(ok) // 2], ok[-1]]
     return ok or [lo]
@@ -125,8 +133,9 @@ def params_vs_dsc(table: Table, stem: Path) -> FigureOutcome:
                      colors=[REF_COLOR if v == ref else "#222222" for v in shown],
                      weights=["bold" if v == ref else "normal" for v in shown],
                      marker_radius_pt=[float(np.sqrt(area[v] / np.pi)) for v in shown])
-        sizes = _legend_sizes(lo, hi, max_area)
-        handles = [ax.scatter([], [], s=c / hi * max_area, color=MUTED, alpha=0.4, edgecolor=MUTED) for c in sizes]
+        scale = area_scale(x, max_area)
+        sizes = _legend_sizes(lo, hi, scale)
+        handles = [ax.scatter([], [], s=c * scale, color=MUTED, alpha=0.4, edgecolor=MUTED) for c in sizes]
         handles.append(Line2D([], [], color="#444444", lw=0.8, ls="--"))
         ax.legend(handles, [_fmt_count(c) for c in sizes] + ["Pareto front"], loc="lower left",
                   bbox_to_anchor=(0.0, 1.0), ncol=len(handles), frameon=False, scatterpoints=1, borderpad=0.2,
