@@ -1,7 +1,7 @@
 """A plain, eager EGE-UNet written straight from the spec (docs/models.md §1): the numerical reference.
 
 This file is deliberately simple: no switches, no caching, no fusions, every step of the spec
-spelled out in the order the spec gives it. It is what the fast path (:mod:`engine.fast`) and
+spelled out in the order the spec gives it. It is what the fast path (:mod:`egeunet.fast`) and
 the configurable model (:mod:`egeunet.model`) are checked against.
 
 Parameter names and order are the official ones (docs/models.md §1.8), the same as

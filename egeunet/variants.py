@@ -64,4 +64,5 @@ for _name, (_switches, _desc) in VARIANTS.items():
         thop_macs=72_096_256 if _name == "egeunet" else None,
         description=_desc,
         switches=_switches,
+        fast="egeunet.fast:make_fast",
     )(_make(_switches))

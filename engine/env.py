@@ -24,7 +24,7 @@ __all__ = ["collect_env", "git_info", "seed_everything", "capture_rng", "restore
 _REPO = Path(__file__).resolve().parents[1]
 
 #: the paths whose changes can change a result: a run is ``git_dirty`` only when one of them differs from HEAD
-CODE_PATHS = ("zoo", "egeunet", "baselines", "engine", "studies", "pyproject.toml")
+CODE_PATHS = ("zoo", "kernels", "egeunet", "baselines", "engine", "studies", "pyproject.toml")
 
 
 def git_info(repo: str | os.PathLike | None = None) -> dict[str, Any]:

@@ -19,7 +19,7 @@ Half-precision logits (AMP) are upcast, so the loss is always computed in float3
 
 ``fused=True`` (what the training engine passes when the run takes the fast path; default False)
 runs the same formula on the CPU as one autograd node with the fast path's kernels
-(``engine._fastops``, when built): ATen's sigmoid and softplus, one pass for the per-image sums (in
+(``kernels.fastops``, when built): ATen's sigmoid and softplus, one pass for the per-image sums (in
 double) and one pass for the logit gradient, instead of ~15 full-size ops each way (same value to
 round-off; tested). The caller's switch decides, so a plain (``--no-fast``) run never touches C++.
 """
@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zoo.contract import SegOutput, as_seg_output
-from engine import _fastops
+from kernels import fastops as _fastops
 
 __all__ = ["BceDice", "bce_dice", "model_loss"]
 

@@ -376,6 +376,11 @@ class RunRecord:
         return pd.DataFrame(self.per_image)
 
     @property
+    def best_checkpoint_sha256(self) -> str | None:
+        """The SHA-256 of ``best.pt`` when the run finished (records before schema 2 do not store it)."""
+        return ((self.metrics or {}).get("best_checkpoint") or {}).get("sha256")
+
+    @property
     def best_checkpoint(self) -> Path:
         return self.record_dir / "checkpoints" / "best.pt"
 

@@ -62,7 +62,7 @@ import torch
 from torch import nn
 
 from zoo.contract import as_seg_output, loss_weights_of
-from engine import _fastops
+from kernels import fastops as _fastops
 from engine.env import capture_rng, collect_env, derived_seed, restore_rng, seed_everything
 from engine.evaluate import (
     PER_IMAGE_COLUMNS, EvalResult, evaluate, parse_eval_target, selection_info,
@@ -390,7 +390,7 @@ def run_training(cfg: RunConfig, results_dir: str | os.PathLike, *, data_root: s
     ``deterministic``: ``torch.use_deterministic_algorithms`` (default: on for CPU, off for CUDA);
     ``profile``: complexity.json from ``engine.profile.profile_model`` (False = params only, fast);
     ``overwrite``: delete a finished record and run again; ``fast``: train and evaluate through
-    :func:`engine.fast.make_fast` (same parameters, same numbers to float32 round-off; default: on for
+    :func:`egeunet.fast.make_fast` (same parameters, same numbers to float32 round-off; default: on for
     EGE-UNet models on the CPU, where it pays, off elsewhere; recorded in ``env.json`` as ``fast_path``;
     not part of the config hash); ``restart``: discard an unfinished record's partial state and start over.
     ``cfg.data`` empty: filled with the fingerprint of the data under ``data_root``; set: must equal it.
@@ -438,17 +438,14 @@ def _resolve_data(cfg: RunConfig, data_root: Any, cache_dir: Any) -> RunConfig:
     return cfg
 
 
-def uses_fast_path(model: nn.Module | str, device: str | torch.device, request: bool | None = None) -> bool:
-    """Whether a run trains through :func:`engine.fast.make_fast` (default: EGE-UNet models on the CPU)."""
+def uses_fast_path(model: str, device: str | torch.device, request: bool | None = None) -> bool:
+    """Whether a run of registered ``model`` trains through its fast view (default: on the CPU, for the models
+    whose registry entry declares one -- the EGE-UNet family)."""
     if request is not None:
         return bool(request)
-    from egeunet.model import EGEUNet
+    from zoo.registry import get_entry
 
-    if isinstance(model, str):
-        from zoo.registry import get_entry
-
-        return torch.device(device).type == "cpu" and get_entry(model).family == "egeunet"
-    return torch.device(device).type == "cpu" and isinstance(model, EGEUNet)
+    return torch.device(device).type == "cpu" and get_entry(model).fast is not None
 
 
 def resume_conflict(cfg: RunConfig, results_dir: str | os.PathLike, *, device: str | torch.device = "cpu",
@@ -481,6 +478,14 @@ def resume_conflict(cfg: RunConfig, results_dir: str | os.PathLike, *, device: s
         return None
     return (f"run {rdir.name} ({cfg.model} seed {cfg.seed}) started with other numerics: {'; '.join(diffs)}; "
             f"resume it where it started, or rerun with --restart to start it over")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _read_json_or_empty(path: Path) -> dict[str, Any]:
@@ -568,7 +573,7 @@ class _Run:
         self.train_model, self.eval_model = self._fast_views()
         opt_cls: Any = torch.optim.AdamW
         if self.use_fast:  # the fast path also takes the fused AdamW kernel on the CPU
-            from engine.fast import adamw as opt_cls
+            from engine.optim import adamw as opt_cls
         self.optimizer = opt_cls(self.model.parameters(), lr=r.lr, betas=r.betas, eps=r.eps,
                                  weight_decay=r.weight_decay, amsgrad=False)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=r.t_max, eta_min=r.eta_min)
@@ -610,11 +615,14 @@ class _Run:
 
     def _fast_views(self) -> tuple[nn.Module, nn.Module]:
         """The modules that train and evaluate: the model itself, or fast-path views sharing its parameters."""
-        from engine.fast import make_fast
+        from zoo.registry import get_entry
 
-        self.use_fast = uses_fast_path(self.model, self.device, self.fast_request)
+        self.use_fast = uses_fast_path(self.cfg.model, self.device, self.fast_request)
         if not self.use_fast:
             return self.model, self.model
+        make_fast = get_entry(self.cfg.model).fast_view()
+        if make_fast is None:
+            raise ValueError(f"model {self.cfg.model!r} declares no fast view in the registry; run it without --fast")
         # evaluation keeps the side outputs: the validation loss that selects the checkpoint is the training loss
         return make_fast(self.model, "train"), make_fast(self.model, "infer", side_outputs=True)
 
@@ -805,6 +813,8 @@ class _Run:
         }
         complexity = self._complexity()
         metrics["params"] = complexity.get("params")
+        best = self.ckpt_dir / "best.pt"  # its hash lets a clone without the (large) file check a recreated one
+        metrics["best_checkpoint"] = {"bytes": best.stat().st_size, "sha256": _sha256(best)}
         atomic_write_csv(self.rdir / "per_image.csv", rows, PER_IMAGE_COLUMNS)
         atomic_write_json(self.rdir / "complexity.json", complexity)
         atomic_write_json(self.rdir / "metrics.json", metrics)

@@ -10,8 +10,8 @@ so that load from other processes hits both alike; ratios are the median of per-
   (``engine.data.normalise`` + ``augment_batch``); ``--quick`` or no data: a subset / synthetic data.
 
 Candidates: (a) ``reference`` = :class:`egeunet.reference.ReferenceEGEUNet`, plain eager;
-(b) ``fast`` = :func:`engine.fast.make_fast` over :class:`egeunet.model.EGEUNet` with the same
-weights, trained with :func:`engine.fast.adamw` (fused AdamW on the CPU) and the fused BceDice kernel
+(b) ``fast`` = :func:`egeunet.fast.make_fast` over :class:`egeunet.model.EGEUNet` with the same
+weights, trained with :func:`engine.optim.adamw` (fused AdamW on the CPU) and the fused BceDice kernel
 (``fused=True``) as ``engine.train`` does on the fast path; the reference keeps ATen's loss and AdamW.
 ``--extra`` adds diagnostic variants (``fast_w2``: the fast path with two single-threaded worker threads;
 ``compiled``: ``torch.compile`` of the fast path, compile time reported; on CUDA ``amp``).
@@ -139,7 +139,8 @@ def build_candidates(device: torch.device, extra: list[str], workers: int | None
                      ) -> tuple[dict[str, Candidate], nn.Module]:
     from egeunet.model import EGEUNet
     from egeunet.reference import ReferenceEGEUNet
-    from engine.fast import adamw, make_fast
+    from egeunet.fast import make_fast
+    from engine.optim import adamw
 
     torch.manual_seed(seed)
     ref = ReferenceEGEUNet().to(device)
@@ -555,7 +556,7 @@ def render_docs(bench_dir: Path, notes: str = "") -> str:
         "from the committed CSVs; only the notes after the marker at the end are kept as written.*",
         "",
         "What the bench measures: the plain eager reference EGE-UNet (`egeunet.reference`) against the "
-        "fast path (`engine.fast`) with the same weights, in one process, the candidates interleaved "
+        "fast path (`egeunet.fast`) with the same weights, in one process, the candidates interleaved "
         "round by round (the order flips every round). A ratio is the **median of the paired per-round "
         "ratios** (round *i* of a candidate over round *i* of the reference); its "
         f"{100 * CI_LEVEL:.0f}% interval is a percentile bootstrap of that median over the paired rounds "

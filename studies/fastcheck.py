@@ -1,7 +1,7 @@
 """``python -m studies.fastcheck``: does EGE-UNet train the same through the fast path as through the plain model?
 
 Trains EGE-UNet from the same seeds twice -- once through the plain model (``fast=False``), once
-through :func:`engine.fast.make_fast` (``fast=True``) -- on real data, and compares the validation
+through :func:`egeunet.fast.make_fast` (``fast=True``) -- on real data, and compares the validation
 DSC epoch by epoch. The two paths differ only by float32 round-off, which training amplifies; the
 question is whether the difference stays inside the seed-to-seed noise. So every seed runs both
 ways, and the report puts the same-seed path difference next to the difference between seeds of

@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     _cli.add_format(p, "the --list, --dry-run or summary table")
     p.add_argument("--executor", default="local", metavar="E", help="where runs execute: local, ray (default: local)")
     p.add_argument("--fast", action=argparse.BooleanOptionalAction, default=None,
-                   help="train and evaluate through the fast path (engine.fast: same numbers to float32 round-off, "
+                   help="train and evaluate through the fast path (egeunet.fast: same numbers to float32 round-off, "
                         "faster on the CPU, measured in docs/performance.md; not part of the run's "
                         "hash) (default: on for EGE-UNet models on the CPU, off elsewhere)")
     p.add_argument("--device", default="cpu", help="torch device for training, e.g. cpu, cuda, cuda:1 (default: cpu)")

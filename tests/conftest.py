@@ -146,7 +146,7 @@ def one_torch_thread():
 
 @pytest.fixture(scope="session", autouse=True)
 def _fused_kernels_built():
-    """Build engine.fast's C++ kernels once, in the test process, before any subprocess needs them."""
-    from engine import _fastops
+    """Build egeunet.fast's C++ kernels once, in the test process, before any subprocess needs them."""
+    from kernels import fastops as _fastops
 
     _fastops.ops()

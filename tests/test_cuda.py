@@ -16,7 +16,7 @@ from zoo.contract import as_seg_output
 from egeunet.model import EGEUNet
 from egeunet.reference import ReferenceEGEUNet
 from zoo.registry import create_model, list_models
-from engine.fast import make_fast
+from egeunet.fast import make_fast
 from engine.train import run_training
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")

@@ -1,4 +1,4 @@
-"""The fast path (engine.fast) and the plain reference (egeunet.reference) compute the same numbers.
+"""The fast path (egeunet.fast) and the plain reference (egeunet.reference) compute the same numbers.
 
 Float64 checks pin the maths (fast path = EGEUNet = reference to ~1e-12 for every ablation switch);
 float32 checks apply the 1e-4 budget, relative to the output / gradient scale (a random-init
@@ -17,8 +17,10 @@ import torch.nn.functional as F
 from zoo.contract import SegOutput
 from egeunet.model import EGEUNet, EGEUNetConfig
 from egeunet.reference import ReferenceEGEUNet
-from engine import _fastops, fast
-from engine.fast import make_fast
+from egeunet import fast
+from engine.optim import adamw
+from kernels import fastops as _fastops
+from egeunet.fast import make_fast
 
 KERNELS = ["fused", "torch"]
 
@@ -233,7 +235,7 @@ def test_mask_cache_bit_identical_and_invalidated():
     with torch.no_grad():
         assert torch.equal(cached(x).logits, uncached(x).logits)
     # ATen's fused AdamW (the fast path's optimizer) updates in place without bumping version counters
-    opt = fast.adamw(model.parameters(), lr=0.1)
+    opt = adamw(model.parameters(), lr=0.1)
     assert opt.defaults.get("fused") is True
     _loss(model(x), _batch(size=64)[1], model.loss_weights).backward()
     opt.step()
@@ -548,7 +550,7 @@ def test_a_finished_build_loads_without_the_build_lock(tmp_path):
     created = not lock.exists()
     lock.touch()
     try:
-        proc = subprocess.run([sys.executable, "-c", "from engine._fastops import ops; assert ops() is not None"],
+        proc = subprocess.run([sys.executable, "-c", "from kernels.fastops import ops; assert ops() is not None"],
                               cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=120,
                               env={**os.environ, "EGEUNET_FAST_EXT": "1"})
         assert proc.returncode == 0, proc.stderr
@@ -570,12 +572,12 @@ def test_a_failed_build_falls_back_with_the_compiler_error(tmp_path):
         pytest.skip("no C++ compiler here")
     bad = tmp_path / "fastops.cpp"
     bad.write_text("#include <torch/extension.h>\nint broken( {\n")
-    code = ("import warnings, torch\nfrom pathlib import Path\nfrom engine import _fastops\n"
+    code = ("import warnings, torch\nfrom pathlib import Path\nfrom kernels import fastops as _fastops\n"
             f"_fastops.SOURCE = Path({str(bad)!r})\n"
             "with warnings.catch_warnings(record=True) as w:\n    warnings.simplefilter('always')\n"
             "    assert _fastops.ops() is None\n"
             "msg = ' '.join(str(x.message) for x in w)\nassert 'could not be built' in msg and 'error' in msg, msg\n"
-            "from engine.fast import make_fast\nfrom egeunet.model import EGEUNet\n"
+            "from egeunet.fast import make_fast\nfrom egeunet.model import EGEUNet\n"
             "out = make_fast(EGEUNet(), 'infer')(torch.rand(1, 3, 32, 32))\nassert out.logits.shape == (1, 1, 32, 32)\n")
     proc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], capture_output=True,
                           text=True, timeout=300, env={**os.environ, "TORCH_EXTENSIONS_DIR": str(tmp_path / "ext"),

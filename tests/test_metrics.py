@@ -189,8 +189,8 @@ def test_bce_dice_matches_probability_form():
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_fused_bce_dice_equals_the_formula(dtype, monkeypatch):
-    """The one-node CPU loss (engine._fastops kernels) against the plain ATen formula: value and gradient."""
-    from engine import _fastops
+    """The one-node CPU loss (kernels.fastops kernels) against the plain ATen formula: value and gradient."""
+    from kernels import fastops as _fastops
     from engine.losses import bce_dice
 
     if _fastops.ops() is None:

@@ -279,7 +279,7 @@ def test_fast_path_is_the_cpu_default_for_egeunet_and_trains_like_the_plain_mode
     # each session says which path it trained with (a run may resume on the other one)
     assert [s["fast_path"] for s in load_record(smoke_run.record_dir).env["sessions"]] == [True]
     assert [s["fast_path"] for s in load_record(plain.record_dir).env["sessions"]] == [False]
-    from engine import _fastops
+    from kernels import fastops as _fastops
 
     assert load_record(smoke_run.record_dir).env["fused_kernels"] is _fastops.active()  # C++ kernels or not
     assert load_record(plain.record_dir).env["fused_kernels"] is False

@@ -38,6 +38,14 @@ class ModelEntry:
     heavy: bool = False  # slow on CPU: tests use small inputs
     min_side: int = 32  # input sides must be multiples of this
     non_square: tuple[int, int] = (64, 96)  # a non-square input the model supports (H, W)
+    fast: str | None = None  # "module:function" building the model's fast CPU view (same parameters and outputs)
+
+    def fast_view(self) -> Callable[..., nn.Module] | None:
+        """The fast-view factory ``f(model, mode, **kw)`` this model declares, imported on demand (or None)."""
+        if self.fast is None:
+            return None
+        module, _, func = self.fast.partition(":")
+        return getattr(importlib.import_module(module), func)
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
@@ -64,6 +72,7 @@ def register_model(
     heavy: bool = False,
     min_side: int = 32,
     non_square: tuple[int, int] = (64, 96),
+    fast: str | None = None,
 ) -> Callable[[Constructor], Constructor]:
     """Decorator adding a constructor to the registry under ``name``."""
 
@@ -82,6 +91,7 @@ def register_model(
             heavy=heavy,
             min_side=min_side,
             non_square=non_square,
+            fast=fast,
         )
         return fn
 

@@ -67,7 +67,7 @@ STAGING_ENV = "EGEUNET_RAY_STAGING"
 CLEANUP_LOCK_WAIT_S = 30.0  # a staging clean-up waits this long for the trainer to release the run's lock
 CLEANUP_WAIT_S = 60.0  # the driver waits this long, at the end, for the clean-ups (seconds on an idle machine)
 ATTEMPTS_DIR = "attempts"  # <staging>/attempts/<hash>.jsonl: one line per attempt (pid, node, time)
-PACKAGES = ("zoo", "egeunet", "baselines", "engine", "studies")
+PACKAGES = ("zoo", "kernels", "egeunet", "baselines", "engine", "studies")
 
 
 def import_ray() -> Any:

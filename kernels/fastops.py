@@ -1,4 +1,4 @@
-"""The fused C++ kernels of the fast path (``engine/csrc/fastops.cpp``), compiled on first use.
+"""The fused C++ kernels of the fast path (``kernels/csrc/fastops.cpp``), compiled on first use.
 
 :func:`ops` returns the compiled module, or ``None`` when it cannot be had: no C++ compiler,
 a failed build, or ``EGEUNET_FAST_EXT=0`` in the environment. The fast path then keeps its
@@ -62,7 +62,7 @@ def _build() -> ModuleType | None:
         lines = str(exc).splitlines()
         errors = [ln.strip() for ln in lines if "error" in ln.lower()][-2:]  # the compiler's own words
         why = "; ".join(errors) if errors else (lines[0] if lines else "")
-        warnings.warn(f"engine.fast: the fused C++ kernels could not be built ({type(exc).__name__}: {why}); "
+        warnings.warn(f"egeunet.fast: the fused C++ kernels could not be built ({type(exc).__name__}: {why}); "
                       f"using the PyTorch kernels (slower, same numbers). Install a C++ compiler (and ninja) "
                       f"to get them, or set EGEUNET_FAST_EXT=0 to silence this.", RuntimeWarning, stacklevel=3)
         return None

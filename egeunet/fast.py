@@ -28,7 +28,7 @@ their names: ``state_dict`` keys are the plain model's) and returns the same
 7. **Encoder GroupNorm + max-pool fused**: the affine GroupNorm commutes with max-pooling, so the
    normalised full-size map is never written and the backward works at pooled size plus one
    full-size ``addcmul`` (a gain on the whole training step in interleaved A/B runs).
-8. **Fused C++ kernels** (``engine/csrc/fastops.cpp`` via :mod:`engine._fastops`, built on first use;
+8. **Fused C++ kernels** (``kernels/csrc/fastops.cpp`` via :mod:`kernels.fastops`, built on first use;
    without a compiler, or with ``EGEUNET_FAST_EXT=0``, the PyTorch kernels of items 2-7 run): the
    channels LayerNorm (pixels transposed 16 at a time so the per-pixel sums are vector loops), GAB's
    group and tail LayerNorms read straight from xh / xl / mask and the group outputs (``ln_multi``:
@@ -39,7 +39,7 @@ their names: ``state_dict`` keys are the plain model's) and returns the same
    up-sampling with a gather backward (faster than ATen's scatter), the depth-wise weight gradient.
    They release the GIL (the worker threads overlap) and sum parameter gradients over fixed row
    blocks in double, so results do not depend on the thread count.
-9. **Optimizer and loss**: :func:`adamw` is ATen's fused AdamW on the CPU (one call per step);
+9. **Optimizer and loss**: :func:`engine.optim.adamw` is ATen's fused AdamW on the CPU (one call per step);
    ``engine.losses.bce_dice(..., fused=True)`` (``engine.train`` passes it on the fast path only) runs
    as one node with two kernel passes.
 10. **Inter-op workers** (default: one per torch thread): the batch is split into chunks run by
@@ -86,7 +86,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zoo.contract import SegOutput, as_seg_output
-from engine import _fastops
+from kernels import fastops as _fastops
 from egeunet.layers import GAB, GHPA, LayerNormCF
 from egeunet.model import EGEUNet
 
@@ -95,7 +95,7 @@ _HALF = (torch.float16, torch.bfloat16)
 
 
 def _kernels(*ts: Tensor) -> Any:
-    """The fused C++ kernels (``engine._fastops``) if they are built and every tensor suits them
+    """The fused C++ kernels (``kernels.fastops``) if they are built and every tensor suits them
     (CPU, float32/64, 4-D channels-last contiguous), else None (the PyTorch kernels run instead)."""
     if torch.compiler.is_compiling():  # dynamo cannot trace into them
         return None
@@ -1019,15 +1019,6 @@ class FastModel(nn.Module):
 
 
 FastEGEUNet = FastModel  # the EGE-UNet fast path is FastModel over an EGEUNet
-
-
-def adamw(params: Any, **kwargs: Any) -> torch.optim.AdamW:
-    """The fast path's optimizer: ``torch.optim.AdamW(params, **kwargs)`` with ATen's fused kernel on
-    the CPU (one call instead of ~10 foreach kernels over EGE-UNet's ~200 small tensors; the same
-    update to float32 round-off). Elsewhere the default implementation."""
-    params = list(params)
-    on_cpu = all(p.device.type == "cpu" for p in (q["params"][0] if isinstance(q, dict) else q for q in params))
-    return torch.optim.AdamW(params, **({"fused": True} if on_cpu and "fused" not in kwargs else {}), **kwargs)
 
 
 def make_fast(model: nn.Module, mode: str = "train", *, workers: int | None = None,

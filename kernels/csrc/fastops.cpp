@@ -1,4 +1,4 @@
-// Fused CPU kernels for engine.fast (built on first use by torch.utils.cpp_extension).
+// Fused CPU kernels for egeunet.fast (built on first use by torch.utils.cpp_extension).
 //
 // Every map is a B x C x H x W tensor in channels-last memory: element (b, c, h, w) lives at
 // ((b * H + h) * W + w) * C + c, so the C values of one pixel are contiguous. The kernels replace
@@ -10,7 +10,7 @@
 // Reductions that feed parameter gradients are summed over fixed blocks of rows in double and the
 // block partials added in block order, so results do not depend on the number of threads. The
 // kernels are compiled without -fopenmp (torch brings its own OpenMP runtime), so at::parallel_for
-// runs them single-threaded: engine.fast calls them from its worker threads, one per core, with
+// runs them single-threaded: egeunet.fast calls them from its worker threads, one per core, with
 // the GIL released.
 
 #include <torch/extension.h>
@@ -1295,7 +1295,7 @@ torch::Tensor bce_dice_grad(const torch::Tensor& p, const torch::Tensor& t, cons
 
 }  // namespace
 
-// The GIL is released in every kernel: engine.fast runs them from several worker threads at once.
+// The GIL is released in every kernel: egeunet.fast runs them from several worker threads at once.
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("ln_forward", &ln_forward, "channels LayerNorm of a channels-last map (y[, mean, rstd])", py::call_guard<py::gil_scoped_release>());
   m.def("ln_backward", &ln_backward, "its backward (gx, gw, gb)", py::call_guard<py::gil_scoped_release>());
