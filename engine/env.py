@@ -69,11 +69,17 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def collect_env(device: str | torch.device = "cpu", threads: int | None = None) -> dict[str, Any]:
-    """Versions, device and host facts for ``env.json``."""
+def collect_env(device: str | torch.device = "cpu", threads: int | None = None,
+                code_version: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Versions, device and host facts for ``env.json``. ``code_version``: ``{"commit", "dirty"}`` of the
+    code that runs, when the caller knows it better than this checkout (a copy of the packages without .git
+    shipped to a cluster worker); default :func:`git_info`."""
     dev = torch.device(device)
+    code = git_info()
+    if code_version and code_version.get("commit") and code.get("commit") is None:
+        code = {"commit": code_version["commit"], "dirty": code_version.get("dirty")}
     info: dict[str, Any] = {
-        **{f"git_{k}": v for k, v in git_info().items()},
+        **{f"git_{k}": v for k, v in code.items()},
         "python": platform.python_version(),
         "torch": torch.__version__,
         "numpy": np.__version__,

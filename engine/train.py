@@ -380,7 +380,8 @@ def run_training(cfg: RunConfig, results_dir: str | os.PathLike, *, data_root: s
                  device: str | torch.device = "cpu", threads: int | None = None, progress: Any = None,
                  cache_dir: str | os.PathLike | None = None, eval_batch_size: int = 16,
                  deterministic: bool | None = None, profile: bool = True, overwrite: bool = False,
-                 fast: bool | None = None, restart: bool = False) -> RunResult:
+                 fast: bool | None = None, restart: bool = False,
+                 code_version: dict[str, Any] | None = None) -> RunResult:
     """Train ``cfg`` into ``<results_dir>/runs/<config_hash>/`` (resuming an unfinished record).
 
     ``device``: ``cpu`` / ``cuda[:i]``; ``threads``: torch CPU threads for the run (restored after);
@@ -392,7 +393,9 @@ def run_training(cfg: RunConfig, results_dir: str | os.PathLike, *, data_root: s
     ``overwrite``: delete a finished record and run again; ``fast``: train and evaluate through
     :func:`egeunet.fast.make_fast` (same parameters, same numbers to float32 round-off; default: on for
     EGE-UNet models on the CPU, where it pays, off elsewhere; recorded in ``env.json`` as ``fast_path``;
-    not part of the config hash); ``restart``: discard an unfinished record's partial state and start over.
+    not part of the config hash); ``restart``: discard an unfinished record's partial state and start over;
+    ``code_version``: ``{"commit", "dirty"}`` to record when this process's packages carry no git checkout
+    (see :func:`engine.env.collect_env`).
     ``cfg.data`` empty: filled with the fingerprint of the data under ``data_root``; set: must equal it.
     A resume under another device type, precision mode, numerics version or path raises
     :class:`ResumeRefused` (see :func:`resume_conflict`). See the module docstring for failures.
@@ -418,7 +421,8 @@ def run_training(cfg: RunConfig, results_dir: str | os.PathLike, *, data_root: s
                 raise ResumeRefused(problem)
     det = (dev.type == "cpu") if deterministic is None else bool(deterministic)
     runner = _Run(cfg, rdir, chash, data_root=data_root, cache_dir=cache_dir, device=dev, threads=threads,
-                  progress=progress, eval_batch_size=eval_batch_size, profile=profile, fast=fast)
+                  progress=progress, eval_batch_size=eval_batch_size, profile=profile, fast=fast,
+                  code_version=code_version)
     with _runtime(dev, threads, det):
         return runner.run()
 
@@ -503,7 +507,7 @@ def _state_to_cpu(state: dict[str, Any]) -> dict[str, Any]:
 class _Run:
     def __init__(self, cfg: RunConfig, rdir: Path, chash: str, *, data_root: Any, cache_dir: Any,
                  device: torch.device, threads: int | None, progress: Any, eval_batch_size: int,
-                 profile: bool, fast: bool | None = None) -> None:
+                 profile: bool, fast: bool | None = None, code_version: dict[str, Any] | None = None) -> None:
         self.cfg, self.rdir, self.chash = cfg, rdir, chash
         self.recipe = cfg.resolved_recipe()
         self.data_root, self.cache_dir = data_root, cache_dir
@@ -512,6 +516,7 @@ class _Run:
         self.eval_bs = max(1, int(eval_batch_size))
         self.profile = profile
         self.fast_request = fast
+        self.code_version = code_version
         self.use_fast = False
         self.use_amp = self.recipe.amp and device.type == "cuda"
         self.precision = precision_mode(device, self.use_amp)
@@ -536,7 +541,7 @@ class _Run:
     def _write_env(self, start_epoch: int) -> None:
         path = self.rdir / "env.json"
         prev = _read_json_or_empty(path)
-        env = collect_env(self.device, self.threads)
+        env = collect_env(self.device, self.threads, self.code_version)
         sessions = list(prev.get("sessions", []))
         key = resume_key(self.device, self.precision, self.use_fast)
         sessions.append({**key, "time_utc": env["time_utc"], "hostname": env["hostname"], "device": env["device"],

@@ -103,34 +103,50 @@ def get_executor(name: str, **kw: Any) -> Executor:
     return getattr(mod, cls)(**kw)
 
 
-def execute_task(task: RunTask, *, blocking: bool = False, progress: ProgressCallback | None = None) -> RunOutcome:
-    """Run one task unless it is finished or another runner holds it.
+def claim_run(task: RunTask, blocking: bool = False) -> tuple[RunOutcome | None, store.RunLock | None, bool]:
+    """The one run-claim policy of every executor: ``(outcome, None, False)`` when nothing is to run, else
+    ``(None, held lock, fresh)``; the caller trains and then releases the lock.
 
-    Returns ``skipped`` for a run already done (before or after waiting for its lock), ``busy`` when
-    ``blocking`` is False and another live runner holds the lock, else the engine's outcome. A finished
-    run is never repeated: one that failed (``status.json`` = failed) is reported as failed again,
-    unless ``task.retry_failed`` and it failed before this session began (then its record is moved to
-    ``runs_failed/`` and the run starts clean). An unfinished record (killed runner, error raised by
-    the engine) is resumed by the engine.
+    Nothing runs for a run already done (before or after waiting for its lock: ``skipped``), one whose lock
+    another live runner holds while ``blocking`` is False (``busy``), or one that failed: a failure recorded
+    after ``task.session_start`` is a peer's and is reported, an earlier one is reported unless
+    ``task.retry_failed`` -- then its record is moved to ``runs_failed/`` and ``fresh`` is True (start
+    clean). An unfinished record (killed runner, error raised by the engine) is resumed by the engine.
     """
     rec = store.run_dir(task.results_dir, task.config_hash)
     if store.is_done(rec):
-        return RunOutcome(task.config_hash, task.label, "skipped", "already done", record_dir=str(rec))
+        return RunOutcome(task.config_hash, task.label, "skipped", "already done", record_dir=str(rec)), None, False
     lock = store.RunLock(task.results_dir, task.config_hash)
     if not lock.acquire(blocking=blocking):
-        return RunOutcome(task.config_hash, task.label, "busy", "held by another runner", record_dir=str(rec))
-    try:
-        st = store.read_status(rec)
-        if st is not None and st.status == "done":
-            return RunOutcome(task.config_hash, task.label, "skipped", "done by another runner", record_dir=str(rec))
-        if st is not None:  # failed
-            if st.mtime >= task.session_start:
-                return RunOutcome(task.config_hash, task.label, "failed",
-                                  f"(failed in another runner) {st.reason}", record_dir=str(rec))
-            if not task.retry_failed:
-                return RunOutcome(task.config_hash, task.label, "failed",
-                                  f"(failed earlier; --retry-failed runs it again) {st.reason}", record_dir=str(rec))
+        return (RunOutcome(task.config_hash, task.label, "busy", "held by another runner", record_dir=str(rec)),
+                None, False)
+    st = store.read_status(rec)
+    out = None
+    if st is not None and st.status == "done":
+        out = RunOutcome(task.config_hash, task.label, "skipped", "done by another runner", record_dir=str(rec))
+    elif st is not None:
+        if st.mtime >= task.session_start:
+            out = RunOutcome(task.config_hash, task.label, "failed", f"(failed in another runner) {st.reason}",
+                             record_dir=str(rec))
+        elif not task.retry_failed:
+            out = RunOutcome(task.config_hash, task.label, "failed",
+                             f"(failed earlier; --retry-failed runs it again) {st.reason}", record_dir=str(rec))
+        else:
             store.move_failed_aside(task.results_dir, task.config_hash)
+            return None, lock, True
+    if out is not None:
+        lock.release()
+        return out, None, False
+    return None, lock, False
+
+
+def execute_task(task: RunTask, *, blocking: bool = False, progress: ProgressCallback | None = None) -> RunOutcome:
+    """Run one task in this process under :func:`claim_run`'s policy; returns its outcome."""
+    out, lock, _ = claim_run(task, blocking)
+    if out is not None:
+        return out
+    assert lock is not None
+    try:
         return _train(task, progress)
     finally:
         lock.release()

@@ -51,6 +51,7 @@ from typing import Any
 from studies import store
 from studies.executors import (
     DoneCallback,
+    claim_run,
     ExecutorError,
     ProgressCallback,
     RunOutcome,
@@ -328,7 +329,7 @@ class RayExecutor:
             while pending or inflight or deferred:
                 while pending:
                     task, blocking = pending.popleft()
-                    out, lock, fresh = _claim(task, blocking)
+                    out, lock, fresh = claim_run(task, blocking)
                     if out is not None:
                         if out.status == "busy":
                             deferred.append(task)
@@ -445,36 +446,6 @@ def _cleanup_ref(ray: Any, remote_cleanup: Any, node_id: str, staging: str | Non
 # ------------------------------------------------------------------------------------------- driver side
 
 
-def _claim(task: RunTask, blocking: bool) -> tuple[RunOutcome | None, store.RunLock | None, bool]:
-    """The driver's share of ``execute_task``: (outcome, None, _) when nothing is to run (skipped,
-    failed before, busy), else (None, held lock, fresh) -- ``fresh``: a failed record was moved aside,
-    so the worker must not reuse a finished staging record."""
-    rec = store.run_dir(task.results_dir, task.config_hash)
-    if store.is_done(rec):
-        return RunOutcome(task.config_hash, task.label, "skipped", "already done", record_dir=str(rec)), None, False
-    lock = store.RunLock(task.results_dir, task.config_hash)
-    if not lock.acquire(blocking=blocking):
-        return RunOutcome(task.config_hash, task.label, "busy", "held by another runner", record_dir=str(rec)), None, False
-    st = store.read_status(rec)
-    out = None
-    if st is not None and st.status == "done":
-        out = RunOutcome(task.config_hash, task.label, "skipped", "done by another runner", record_dir=str(rec))
-    elif st is not None:
-        if st.mtime >= task.session_start:
-            out = RunOutcome(task.config_hash, task.label, "failed", f"(failed in another runner) {st.reason}",
-                             record_dir=str(rec))
-        elif not task.retry_failed:
-            out = RunOutcome(task.config_hash, task.label, "failed",
-                             f"(failed earlier; --retry-failed runs it again) {st.reason}", record_dir=str(rec))
-        else:
-            store.move_failed_aside(task.results_dir, task.config_hash)
-            return None, lock, True
-    if out is not None:
-        lock.release()
-        return out, None, False
-    return None, lock, False
-
-
 def _seed_files(task: RunTask) -> dict[str, bytes] | None:
     """An unfinished record in the results store with a checkpoint (e.g. a killed local-executor run):
     its files, so that the worker resumes it instead of starting over."""
@@ -557,13 +528,13 @@ def _ray_train(task: RunTask, staging: str | None, seed_files: dict[str, bytes] 
         with open(log, "a") as f:
             f.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "node_id": node_id,
                                 "time": time.time(), "label": task.label}) + "\n")
-        _prepare_worker(driver_git)
+        _prepare_worker()
         from engine.train import run_training
 
         try:
             res = run_training(task.config, staging, data_root=task.data_root, device=_worker_device(task.device),
                                threads=task.threads, progress=False, fast=task.fast,
-                               restart=task.restart)
+                               restart=task.restart, code_version=driver_git)
         except Exception as e:  # noqa: BLE001 - a run's own error is its outcome, not a reason to retry
             tb = traceback.extract_tb(e.__traceback__)
             where = f" at {tb[-1].filename.rsplit('/', 1)[-1]}:{tb[-1].lineno}" if tb else ""
@@ -578,7 +549,7 @@ def _ray_train(task: RunTask, staging: str | None, seed_files: dict[str, bytes] 
 _PREPARED = False
 
 
-def _prepare_worker(driver_git: dict[str, Any] | None) -> None:
+def _prepare_worker() -> None:
     global _PREPARED
     if _PREPARED:
         return
@@ -588,11 +559,6 @@ def _prepare_worker(driver_git: dict[str, Any] | None) -> None:
         torch.set_num_interop_threads(1)
     except RuntimeError:
         pass
-    if driver_git and driver_git.get("commit"):  # shipped code has no .git: record the driver's version
-        import engine.env
-
-        if engine.env.git_info().get("commit") is None:
-            engine.env.git_info = lambda repo=None: dict(driver_git)
     _PREPARED = True
 
 
