@@ -64,7 +64,7 @@ USAGE_ERROR = 2
 CHECK_FAILED = 1
 FORMATS = ("table", "json", "csv")
 DEFAULT_WIDTH = 80
-EXIT_LINE = ("exit status: 0 ok; 1 a check or run failed (named on stderr); "
+EXIT_LINE = ("exit status: 0 ok; 1 a check or run failed (named on stderr);\n"
              "2 bad argument, name, output path or data (one line on stderr)")
 
 

@@ -185,7 +185,7 @@ def _row(r: dict[str, Any]) -> dict[str, Any]:
 
 EPILOG = f"""\
 examples:
-  python -m studies.budget                          # the CI gate: EGE-UNet exactly
+  python -m studies.budget                 # the CI gate: EGE-UNet exactly
   python -m studies.budget --models 'egeunet*' --max-params 59999
   python -m studies.budget --models all --format json
 

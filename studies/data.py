@@ -300,6 +300,7 @@ def cmd_prepare(args) -> int:
         raise DataError(f"{sources[0]}: give either the official zip(s) of one dataset or one folder, not a mix; "
                         f"run prepare once per dataset", sources[0])
     cache_root = dcache.cache_root(args.cache_dir)
+    dcache.clean_stale(args.cache_dir)  # staging folders of imports killed outright
     if folders:
         base = locate(dataset, folders[0])
         if base is None:

@@ -33,7 +33,8 @@ examples:
   python -m studies.profile --models all --no-latency
   python -m studies.profile --models 'egeunet*' --format csv > sizes.csv
 
-The CSV (--csv, default {DEFAULT_CSV}, git-ignored) holds every column.
+The CSV (--csv, default {DEFAULT_CSV}, git-ignored) holds
+every column.
 {_cli.EXIT_LINE}
 """
 
