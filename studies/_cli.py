@@ -121,6 +121,14 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
         super().__init__(prog, width=terminal_width(), max_help_position=28)
 
 
+class WrappingHelpFormatter(argparse.HelpFormatter):
+    """Everything wrapped at the terminal width: for sub-commands whose description is one long paragraph
+    (``sub.add_parser(name, description=..., formatter_class=_cli.WrappingHelpFormatter)``)."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, width=terminal_width(), max_help_position=28)
+
+
 class Parser(argparse.ArgumentParser):
     """``argparse.ArgumentParser`` whose errors are one line, ``<prog>: error: <message>``, exit 2."""
 

@@ -382,7 +382,7 @@ checkout. Cache: --cache-dir, else $EGEUNET_CACHE, else ~/.cache/egeunet.
 def build_parser() -> argparse.ArgumentParser:
     ap = _cli.parser(PROG, "Inspect, validate and import datasets.", epilog=EPILOG)
     sub = ap.add_subparsers(dest="command", required=True, metavar="{summary,check,prepare}")
-    fmt = {"formatter_class": ap.formatter_class}
+    fmt = {"formatter_class": _cli.WrappingHelpFormatter}
 
     def common(p):
         p.add_argument("--data-root", default=None, help="folder holding ISIC2018/, ISIC2017/, PH2Dataset/ "

@@ -127,6 +127,10 @@ def test_help_of_every_command_fits_80_columns_and_states_exit_status(cols80, ca
         _fits(out)
         assert f"usage: python -m studies.{name}" in out, name
         assert "exit status" in out and "examples" in out, name
+    for sub in ("summary", "check", "prepare"):
+        with pytest.raises(SystemExit):
+            datacli.main([sub, "--help"])
+        _fits(capsys.readouterr().out)
 
 
 @pytest.mark.parametrize("name", sorted(CLIS))
