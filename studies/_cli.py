@@ -287,7 +287,8 @@ def clean_stale_temps(results: str | os.PathLike[str], max_age_s: float = STALE_
     """Remove temporaries of killed writers under a results folder; returns what was removed.
 
     * ``<suite>/.<table>.*.tmp`` (table writes): when the suite's ``.table.lock`` is free and the file
-      is older than a minute, or older than ``max_age_s`` anyway;
+      is older than a minute, or older than ``max_age_s`` anyway; ``.<file>.*.tmp`` at the top (the
+      manifest): when older than ``max_age_s``;
     * ``runs/<hash>/**/.<file>.*.tmp`` (record and checkpoint writes): when the run's lock is free and
       the file is older than a minute;
     * ``.tmp-<name>-<pid>-<hex8>/`` folders (cache builds, imports): when that pid is not alive.
@@ -316,6 +317,9 @@ def clean_stale_temps(results: str | os.PathLike[str], max_age_s: float = STALE_
         except OSError:
             pass
 
+    for tmp in sorted(root.glob(".*.tmp")):  # the manifest and other files at the top
+        if old(tmp, max_age_s):
+            rm(tmp)
     for tmp in sorted(root.glob("*/.*.tmp")):
         if tmp.parent.name == "runs":
             continue

@@ -260,8 +260,12 @@ def test_clean_stale_temps_keeps_what_live_writers_own(tmp_path):
         d.mkdir()
         (d / "images.npy").write_bytes(b"\0" * 100)
         os.utime(d, (time.time() - 3600, time.time() - 3600))
-    assert _cli.clean_stale_temps(results) == []
-    assert young.exists()
+    top_old, top_young = results / ".manifest.json.a.tmp", results / ".manifest.json.b.tmp"
+    for f in (top_old, top_young):
+        f.write_bytes(b"")
+    os.utime(top_old, (time.time() - 3600, time.time() - 3600))
+    assert _cli.clean_stale_temps(results) == [top_old]
+    assert young.exists() and top_young.exists()
     assert dcache.clean_stale(tmp_path / "cache") == [gone]
     assert alive.exists() and not gone.exists()
 
