@@ -3,7 +3,7 @@
 Layout under a results folder (default ``results/``)::
 
     runs/<config_hash>/      the engine's run record (shared by every suite; status.json written last)
-    locks/<config_hash>.lock held (fcntl.flock) by whichever runner is executing that run
+    locks/<config_hash>.lock held (filelock) by whichever runner is executing that run
     profiles/<model>-256.json CPU latency of a model (measured once per results folder)
     runs_failed/<hash>-<t>/  records of failed runs moved aside before a retry
     <suite>/manifest.jsonl   every run ever requested under that suite (one line per config hash)
@@ -18,7 +18,6 @@ holder dies, even by SIGKILL, so a killed runner never leaves a stale lock behin
 from __future__ import annotations
 
 import csv
-import fcntl
 import json
 import math
 import os
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import pandas as pd
+from filelock import FileLock, Timeout
 
 from engine.record import atomic_write, atomic_write_text
 from studies.suites import BUDGETS, RunSpec, Suite, get_suite
@@ -176,42 +176,33 @@ def move_failed_aside(results: str | os.PathLike, chash: str) -> Path | None:
 
 
 class RunLock:
-    """An exclusive per-run lock: ``fcntl.flock`` on ``locks/<hash>.lock``, released by the OS if the
-    holder dies. Not re-entrant; one instance per attempt."""
+    """An exclusive per-run lock on ``locks/<hash>.lock`` (``filelock``: an OS lock the kernel drops when the
+    holder dies, even by SIGKILL, so a killed runner never leaves a stale lock). Not re-entrant; one
+    instance per attempt."""
 
     def __init__(self, results: str | os.PathLike, chash: str):
         self.path = lock_path(results, chash)
-        self._fd: int | None = None
+        self._lock: FileLock | None = None
 
     def acquire(self, blocking: bool = False, timeout: float | None = None) -> bool:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking and deadline is None else fcntl.LOCK_NB))
-                break
-            except BlockingIOError:
-                if not blocking or (deadline is not None and time.monotonic() >= deadline):
-                    os.close(fd)
-                    return False
-                time.sleep(0.2)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()} {os.uname().nodename} {time.time():.0f}\n".encode())
-        self._fd = fd
+        lock = file_lock(self.path)
+        wait = (-1 if timeout is None else timeout) if blocking else 0
+        try:
+            lock.acquire(timeout=wait, poll_interval=0.2)
+        except Timeout:
+            return False
+        self._lock = lock
         return True
 
     def release(self) -> None:
-        if self._fd is not None:
-            try:
-                fcntl.flock(self._fd, fcntl.LOCK_UN)
-            finally:
-                os.close(self._fd)
-                self._fd = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     @property
     def held(self) -> bool:
-        return self._fd is not None
+        return self._lock is not None
 
     def __enter__(self) -> "RunLock":
         self.acquire(blocking=True)
@@ -221,20 +212,25 @@ class RunLock:
         self.release()
 
 
+def file_lock(path: str | os.PathLike) -> FileLock:
+    """The suite's one lock mechanism: an exclusive ``filelock.FileLock`` on ``path`` (its folder is created).
+    Use as a context manager for a short blocking section, or ``acquire(timeout=0)`` to try."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(path), is_singleton=False, thread_local=False)
+
+
 def is_locked(results: str | os.PathLike, chash: str) -> bool:
+    """True while a live runner holds the run's lock."""
     p = lock_path(results, chash)
     if not p.exists():
         return False
-    fd = os.open(p, os.O_RDONLY)
+    probe = file_lock(p)
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
+        probe.acquire(timeout=0)
+    except Timeout:
         return True
-    else:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
-    finally:
-        os.close(fd)
+    probe.release()
+    return False
 
 
 # ------------------------------------------------------------------------------------------- manifest
@@ -252,23 +248,6 @@ class ManifestEntry:
 
 def _manifest_path(results: str | os.PathLike, suite: str) -> Path:
     return suite_dir(results, suite) / "manifest.jsonl"
-
-
-class _FileLock:
-    """A short blocking flock on a side file (for appends and table writes)."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def __enter__(self) -> "_FileLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        fcntl.flock(self.fd, fcntl.LOCK_UN)
-        os.close(self.fd)
 
 
 def read_manifest(results: str | os.PathLike, suite: str) -> list[ManifestEntry]:
@@ -291,7 +270,7 @@ def read_manifest(results: str | os.PathLike, suite: str) -> list[ManifestEntry]
 def add_to_manifest(results: str | os.PathLike, suite: str, entries: Iterable[ManifestEntry]) -> None:
     """Append the entries whose hash is not yet in the suite's manifest."""
     p = _manifest_path(results, suite)
-    with _FileLock(p.with_name(".manifest.lock")):
+    with file_lock(p.with_name(".manifest.lock")):
         known = {e.config_hash for e in read_manifest(results, suite)}
         new = [e for e in entries if e.config_hash not in known and not known.add(e.config_hash)]
         if new:
@@ -329,12 +308,12 @@ def measure_latency(results: str | os.PathLike, model: str, *, threads: int = 1,
 
     path = latency_path(results, model, size)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    lock = file_lock(path.with_suffix(".lock"))
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return None
+        lock.acquire(timeout=0)
+    except Timeout:
+        return None
+    try:
         cached = read_latency_ms(results, model, size)
         if not math.isnan(cached):
             return cached
@@ -346,7 +325,7 @@ def measure_latency(results: str | os.PathLike, model: str, *, threads: int = 1,
         atomic_write_text(path, text + "\n")
         return _as_float(row.get("latency_ms_median"))
     finally:
-        os.close(fd)
+        lock.release()
 
 
 # ---------------------------------------------------------------------------------------------- table
@@ -449,7 +428,7 @@ def write_table(results: str | os.PathLike, suite: Suite | str) -> tuple[pd.Data
     s = get_suite(suite) if isinstance(suite, str) else suite
     d = suite_dir(results, s.name)
     d.mkdir(parents=True, exist_ok=True)
-    with _FileLock(d / ".table.lock"):
+    with file_lock(d / ".table.lock"):
         df = build_table(results, s)
         atomic_write(d / "results.csv", lambda f: df.to_csv(f, index=False))
         atomic_write(d / "results.parquet", lambda f: df.to_parquet(f, index=False), binary=True)
