@@ -112,10 +112,12 @@ def test_git_dirty_is_false_for_a_run_in_a_clean_clone(tmp_path):
                                   capture_output=True, text=True).stdout
     if code_changes.strip():
         pytest.skip("this checkout has uncommitted code changes: its clone would not hold the code under test")
+    runs = clone / "results" / "runs"
+    committed = set(runs.iterdir()) if runs.is_dir() else set()
     res = _run("--suite", "smoke", "--variants", "egeunet", "--results", str(clone / "results"), cwd=clone,
                env={"PYTHONPATH": str(clone)})
     assert res.returncode == 0, res.stderr
-    (rec,) = (clone / "results" / "runs").iterdir()
+    (rec,) = set(runs.iterdir()) - committed
     env = json.loads((rec / "env.json").read_text())
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=clone, capture_output=True, text=True).stdout.strip()
     assert env["git_commit"] == head and env["git_dirty"] is False

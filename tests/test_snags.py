@@ -183,7 +183,8 @@ def test_tox_runs_what_ci_runs():
     assert ".ci/run" in cfg["testenv"]["commands"]
     assert cfg["testenv"].get("skip_install") == "true"  # .ci/run installs, with the same extras as CI
     ci = (ROOT / ".ci" / "run").read_text()
-    assert '".[dev,ray]"' in ci and "python -m pytest -q" in ci
+    assert '".[dev,ray,deploy]"' in ci and "python -m pytest -q" in ci
+    assert "[dev,ray,deploy]" in cfg["testenv"]["description"]
 
 
 # ------------------------------------------------------------------------------ seeds in the run summary
