@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 
 from . import cache as _cache
+from . import folder as _folder
 from . import synthetic as _synthetic
 from .errors import DataError
 from .layouts import LAYOUTS, discover, locate
-from .splits import normalise_protocol, resolve_split, split_ids
+from .splits import committed, normalise_protocol, resolve_split, split_ids
 
 DATASETS = ("isic2018", "isic2017", "ph2", "synthetic")
 _REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -84,9 +85,32 @@ def normalise_dataset(name: str) -> str:
     return d
 
 
+def is_dataset_name(name: object) -> bool:
+    """True for a name :func:`load_split` accepts: a known dataset (any case, ``-``/``_`` ignored) or
+    ``folder:PATH`` (whether or not the folder exists: see :func:`dataset_available`)."""
+    if _folder.is_folder_name(name):
+        return True
+    try:
+        normalise_dataset(str(name))
+    except ValueError:
+        return False
+    return True
+
+
+def canonical_dataset(name: str) -> str:
+    """The stored form of a dataset name: ``isic2018`` ..., or ``folder:<absolute path>``; ValueError if unknown."""
+    if _folder.is_folder_name(name):
+        return _folder.canonical_name(name)
+    return normalise_dataset(name)
+
+
 def dataset_dir(dataset: str, root=None, cache_dir=None) -> Path | None:
     """Where ``dataset``'s files are: under ``root`` if given; else under :func:`data_root`, then under
-    ``<cache>/sources`` (filled by ``python -m studies.data prepare``). None if not found."""
+    ``<cache>/sources`` (filled by ``python -m studies.data prepare``). None if not found.
+    A ``folder:PATH`` dataset is PATH itself (``root`` does not apply)."""
+    if _folder.is_folder_name(dataset):
+        path = _folder.folder_path(dataset)
+        return path if path.is_dir() else None
     dataset = normalise_dataset(dataset)
     if root is not None:
         return locate(dataset, root)
@@ -98,6 +122,8 @@ def dataset_dir(dataset: str, root=None, cache_dir=None) -> Path | None:
 
 def dataset_available(dataset: str, root=None, cache_dir=None) -> bool:
     """True when the dataset's folder is present (listing only; ``synthetic`` always)."""
+    if _folder.is_folder_name(dataset):
+        return dataset_dir(dataset) is not None
     if normalise_dataset(dataset) == "synthetic":
         return True
     return dataset_dir(dataset, root, cache_dir) is not None
@@ -127,6 +153,9 @@ def _take(arr: np.ndarray, rows: list[int]) -> np.ndarray:
 
 
 def _not_found(dataset: str, root, cache_dir) -> DataError:
+    if _folder.is_folder_name(dataset):
+        path = _folder.folder_path(dataset)
+        return DataError(f"{path}: no such folder (dataset {dataset}); check the path ({_folder.LAYOUT_HINT})", path)
     lay = LAYOUTS[dataset]
     where = Path(root) if root is not None else data_root()
     spec = lay.parts[0]
@@ -142,7 +171,10 @@ def _cache_order(dataset: str, disc, part_ids) -> list:
     those splits (and the paper train split, which equals clean train) are zero-copy views of the cache."""
     pairs = disc.pairs()
     try:
-        lists, _, _ = split_ids(dataset, "clean", part_ids, 0)
+        if _folder.is_folder_name(dataset):
+            lists, _, _ = _folder.folder_split_ids(disc.base, "clean", part_ids, 0, write=False)
+        else:
+            lists, _, _ = split_ids(dataset, "clean", part_ids, 0)
     except DataError:
         return pairs
     by_key = {(p.part, p.id): p for p in pairs}
@@ -151,12 +183,51 @@ def _cache_order(dataset: str, disc, part_ids) -> list:
     return ordered + [p for p in pairs if (p.part, p.id) not in used]
 
 
+def discover_dataset(dataset: str, base: Path):
+    """(discovery, part -> ids) of a real dataset's folder; the first problem raises one-line DataError."""
+    if _folder.is_folder_name(dataset):
+        disc = _folder.discover_folder(base)
+        _folder.raise_folder_errors(disc)
+    else:
+        disc = discover(dataset, base)
+        disc.raise_if_errors()
+    return disc, {p: [x.id for x in pairs] for p, pairs in disc.parts.items()}
+
+
+def split_id_lists(dataset: str, protocol: str = "clean", *, root=None, cache_dir=None) -> dict[str, list[str]]:
+    """split -> ids of a dataset under ``protocol`` (seed 0), listing only: no decoding, nothing written.
+
+    ISIC datasets whose folder is absent fall back to their committed lists; ``synthetic`` gives {}.
+    Raises DataError when a folder is absent or bad (and, for ISIC, no lists are committed)."""
+    protocol = normalise_protocol(protocol)
+    if _folder.is_folder_name(dataset):
+        base = dataset_dir(dataset)
+        if base is None:
+            raise _not_found(dataset, root, cache_dir)
+        disc, part_ids = discover_dataset(dataset, base)
+        lists, _, _ = _folder.folder_split_ids(base, protocol, part_ids, 0, write=False)
+        return {s: [i for _, i in v] for s, v in lists.items()}
+    dataset = normalise_dataset(dataset)
+    if dataset == "synthetic":
+        return {}
+    base = dataset_dir(dataset, root, cache_dir)
+    if base is None:
+        fixed = committed(dataset, protocol)
+        if fixed is not None:
+            return fixed
+        raise _not_found(dataset, root, cache_dir)
+    disc, part_ids = discover_dataset(dataset, base)
+    lists, _, _ = split_ids(dataset, protocol, part_ids, 0, base)
+    return {s: [i for _, i in v] for s, v in lists.items()}
+
+
 def load_split(dataset: str, split: str, *, protocol: str = "clean", size=256, root=None, cache_dir=None,
                seed: int = 0, n: int | None = None, progress=None) -> SegArrays:
     """One split as :class:`SegArrays` at ``size`` (int or (H, W)).
 
-    dataset: ``isic2018`` | ``isic2017`` | ``ph2`` | ``synthetic``; split: ``train`` | ``val`` | ``test`` (and
-    ``official_val`` / ``official_test`` for ISIC 2018 when those folders are present); protocol: ``clean`` |
+    dataset: ``isic2018`` | ``isic2017`` | ``ph2`` | ``synthetic`` | ``folder:PATH`` (:mod:`engine.data.folder`);
+    split: ``train`` | ``val`` | ``test`` (and ``official_val`` / ``official_test`` for ISIC 2018 when those
+    folders are present; ``all``: every pair of a real dataset, in cache order); protocol: ``clean`` |
     ``paper`` (alias ``official``) -- under ``paper``, ``val`` is the test set. ``seed``: the synthetic generator's
     seed; for real data 0 selects the committed split lists and other values draw new lists with the same rule
     (ISIC 2017 ``clean`` always uses the official folders). ``n``: keep the first ``n`` images of the split
@@ -164,7 +235,8 @@ def load_split(dataset: str, split: str, *, protocol: str = "clean", size=256, r
     builds the preprocessing cache (see :mod:`engine.data.cache`); later calls only list, stat and memory-map.
     """
     t0 = time.perf_counter()
-    dataset = normalise_dataset(dataset)
+    folder = _folder.is_folder_name(dataset)
+    dataset = canonical_dataset(dataset)
     protocol = normalise_protocol(protocol)
     requested = str(split).lower()
     split = resolve_split(protocol, requested)
@@ -182,15 +254,23 @@ def load_split(dataset: str, split: str, *, protocol: str = "clean", size=256, r
     base = dataset_dir(dataset, root, cache_dir)
     if base is None:
         raise _not_found(dataset, root, cache_dir)
-    disc = discover(dataset, base)
-    disc.raise_if_errors()
-    part_ids = {p: [x.id for x in pairs] for p, pairs in disc.parts.items()}
-    lists, source, notes = split_ids(dataset, protocol, part_ids, seed, base)
+    disc, part_ids = discover_dataset(dataset, base)
+    if split == "all":  # every pair (external evaluation): no split list is read or written
+        lists, source, notes = {"all": [(p.part, p.id) for p in disc.pairs()]}, "every pair of the folder", []
+    elif folder:
+        lists, source, notes = _folder.folder_split_ids(base, protocol, part_ids, seed)
+    else:
+        lists, source, notes = split_ids(dataset, protocol, part_ids, seed, base)
     if split not in lists:
         avail = ", ".join(sorted(lists))
         raise DataError(f"{base}: {dataset} has no split {requested!r} under protocol {protocol} (available: {avail}); "
                         f"choose one of those", base)
-    entry = _cache.get_or_build(dataset, base, _cache_order(dataset, disc, part_ids), size_hw, cache_dir, progress)
+    if folder and not lists[split]:
+        raise DataError(f"{base}: the {protocol} '{split}' split of this folder dataset is empty ({len(disc.pairs())} "
+                        f"pair(s)); add pairs (clean needs at least 5, paper 2) or edit {base / _folder.SPLITS_DIR}",
+                        base)
+    tag = _folder.folder_tag(base) if folder else dataset
+    entry = _cache.get_or_build(tag, base, _cache_order(dataset, disc, part_ids), size_hw, cache_dir, progress)
     index = entry.index()
     # in cache-row order (deterministic): contiguous row sets become zero-copy views, others read sequentially
     wanted = sorted(lists[split], key=index.__getitem__)
