@@ -40,6 +40,7 @@ from studies.suites import (
     check_models_registered,
     expand,
     get_suite,
+    split_variants,
 )
 
 EPILOG = """\
@@ -89,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
     )
     p.add_argument("--suite", default=DEFAULT_SUITE, metavar="NAME",
-                   help=f"suite to run: {', '.join(SUITES)} (default: {DEFAULT_SUITE})")
+                   help=f"suite to run: {', '.join(SUITES)}, or a suite file PATH.toml (see README, "
+                        f"'Benchmark your own model') (default: {DEFAULT_SUITE})")
     p.add_argument("--list", nargs="?", const="", default=None, metavar="SUITE",
                    help="list the suites, one line each (or SUITE's variants), then exit")
     p.add_argument("--dry-run", action="store_true", help="show the runs and which are already done; train nothing")
@@ -101,7 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     seeds = p.add_mutually_exclusive_group()
     seeds.add_argument("--seeds", type=int, metavar="N", help="run seeds 0..N-1 (default: the suite's; 1 at smoke)")
     seeds.add_argument("--seed-list", metavar="S,S,...", help="explicit seeds, e.g. 0,3,7")
-    p.add_argument("--variants", metavar="M,M,...", help="run only these variants of the suite (model names)")
+    p.add_argument("--variants", metavar="M,M,...",
+                   help="run only these variants of the suite (names or labels); a model from outside the "
+                        "package joins any suite: package.module:callable, with keyword arguments as "
+                        "'package.module:callable(width=8)', or an egeunet.models entry-point name")
     p.add_argument("--restart", action="store_true",
                    help="start the selected unfinished runs over, discarding their partial state (needed when "
                         "a run cannot resume here: other device, precision, numerics version or a bad checkpoint)")
@@ -284,9 +289,10 @@ def cmd_list(console: Console, name: str = "", fmt: str = "table") -> int:
         def render() -> Table:
             runs = "; ".join(f"{len(expand(s, budget=b))} runs at {b}" for b in dict.fromkeys((s.budget,
                                                                                               *s.extra_at_budget)))
+            ref = f"; reference {s.label(s.reference)}" if s.reference else ""
             t = _table(f"{s.name}: {s.description}\n{s.seeds} seeds, budget {s.budget}, datasets "
-                       f"{', '.join(s.datasets)}; {runs}")
-            t.add_column("variant", no_wrap=True)
+                       f"{', '.join(s.datasets)}; {runs}{ref}")
+            t.add_column("variant", overflow="fold")
             t.add_column("label in tables", overflow="fold")
             t.add_column("runs at", overflow="fold")
             for r in rows:
@@ -450,13 +456,13 @@ def _run(args: argparse.Namespace, console: Console) -> int:
         raise UsageError(f"--threads must be >= 1, got {args.threads}")
     results = str(_cli.check_output_dir(args.results or default_results(budget), "--results"))
     seeds = _seed_list(args)
-    variants = _split([args.variants] if args.variants else None)
-    if variants:
-        check_models_registered(variants)
+    variants = split_variants(args.variants) if args.variants else None
+    if variants:  # unknown names fail before the data is looked at
+        expand(suite, budget=budget, seeds=[0], protocol=args.protocol, variants=variants)
     datasets, root, notes = _resolve_datasets(args, suite.datasets)
     specs = expand(suite, budget=budget, datasets=datasets, seeds=seeds, protocol=args.protocol,
                    variants=variants)
-    check_models_registered(dict.fromkeys(s.model for s in specs))
+    check_models_registered(specs)  # outside models: imported, built and checked against the contract
     if not args.dry_run and args.executor != "ray":  # a Ray driver need not have the workers' GPUs
         _check_device(args.device)
 
@@ -492,7 +498,8 @@ def _run(args: argparse.Namespace, console: Console) -> int:
         raise UsageError(f"--results {results}: cannot create the folder ({e.strerror or e})") from None
     _clean_stale(console, results)
     store.add_to_manifest(results, suite.name, [
-        store.ManifestEntry(h, s.model, s.dataset, s.protocol, s.budget, s.seed) for s, h in zip(specs, hashes)
+        store.ManifestEntry(h, s.model, s.dataset, s.protocol, s.budget, s.seed, s.overrides)
+        for s, h in zip(specs, hashes)
     ])
     tasks = [
         RunTask(config=c, config_hash=h, results_dir=str(results), label=_label(s), data_root=root,
@@ -505,6 +512,7 @@ def _run(args: argparse.Namespace, console: Console) -> int:
         f"suite [bold]{suite.name}[/]: {len(tasks)} runs ({already} already done), budget {budget}, "
         f"protocol {args.protocol}, datasets {', '.join(datasets)}, {seeds_text([s.seed for s in specs])}, "
         f"executor {args.executor} x{args.workers}, results in {results}/"
+        + (f", reference {suite.label(suite.reference)}" if suite.reference else "")
     )
 
     last_write = [time.monotonic()]
@@ -594,8 +602,9 @@ def _measure_latencies(console: Console, results: str, outcomes: list[Any], spec
     """CPU latency of every model with a finished run, measured once per results folder (cached)."""
     import math
 
-    models = [m for m in dict.fromkeys(specs_by_hash[o.config_hash].model for o in outcomes
-                                       if o.status in ("done", "skipped"))
+    # the cache is per model name, built without keyword arguments: variants with arguments are not measured
+    measurable = [specs_by_hash[o.config_hash] for o in outcomes if o.status in ("done", "skipped")]
+    models = [m for m in dict.fromkeys(sp.model for sp in measurable if not sp.overrides)
               if math.isnan(store.read_latency_ms(results, m))]
     if not models:
         return

@@ -23,7 +23,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -31,7 +31,7 @@ import pandas as pd
 from filelock import FileLock, Timeout
 
 from engine.record import atomic_write, atomic_write_text
-from studies.suites import BUDGETS, RunSpec, Suite, get_suite
+from studies.suites import BUDGETS, RunSpec, Suite, get_suite, variant_key
 
 METRIC_COLUMNS = (
     "pooled_miou",
@@ -79,7 +79,8 @@ TABLE_COLUMNS = (
 def make_config(spec: RunSpec, data_root: str | os.PathLike | None = None,
                 fingerprints: dict[tuple[str, str], str] | None = None) -> Any:
     """The engine's ``RunConfig`` of one suite run (the recipe follows from the budget; ``data`` is the
-    fingerprint of the dataset under ``data_root``, computed once per (dataset, protocol) into ``fingerprints``)."""
+    fingerprint of the dataset under ``data_root``, computed once per (dataset, protocol) into ``fingerprints``;
+    the variant's keyword arguments become ``model_overrides``, so they are in the config hash)."""
     from engine.data import data_fingerprint
     from engine.train import RunConfig
 
@@ -89,7 +90,7 @@ def make_config(spec: RunSpec, data_root: str | os.PathLike | None = None,
         memo[key] = data_fingerprint(spec.dataset, spec.protocol, data_root).id
     return RunConfig(
         model=spec.model,
-        model_overrides={},
+        model_overrides=dict(spec.overrides),  # constructor keyword arguments: part of the config and its hash
         dataset=spec.dataset,
         protocol=spec.protocol,
         budget=spec.budget,
@@ -244,6 +245,19 @@ class ManifestEntry:
     protocol: str
     budget: str
     seed: int
+    overrides: dict[str, Any] = field(default_factory=dict, hash=False)  # model keyword arguments (omitted if none)
+
+    @property
+    def key(self) -> str:
+        """The variant key: the model name, with its keyword arguments when it has some."""
+        return variant_key(self.model, self.overrides)
+
+    def to_json(self) -> dict[str, Any]:
+        """The manifest line's fields (``overrides`` only when there are some, so older lines stay as they are)."""
+        d = asdict(self)
+        if not d["overrides"]:
+            del d["overrides"]
+        return d
 
 
 def _manifest_path(results: str | os.PathLike, suite: str) -> Path:
@@ -276,7 +290,7 @@ def add_to_manifest(results: str | os.PathLike, suite: str, entries: Iterable[Ma
         if new:
             with open(p, "a") as f:
                 for e in new:
-                    f.write(json.dumps(asdict(e)) + "\n")
+                    f.write(json.dumps(e.to_json(), sort_keys=False) + "\n")
                 f.flush()
                 os.fsync(f.fileno())
 
@@ -373,16 +387,17 @@ def record_row(record: Path) -> dict[str, Any]:
 def build_table(results: str | os.PathLike, suite: Suite | str) -> pd.DataFrame:
     """One row per finished run in the suite's manifest, rebuilt from the run records (never duplicated)."""
     s = get_suite(suite) if isinstance(suite, str) else suite
-    order = {m: i for i, m in enumerate(s.all_variants())}
+    order = {k: i for i, k in enumerate(s.all_variants())}
     latency: dict[str, float] = {}
     rows = []
+    ranks: list[int] = []  # table order of each row's variant (variants outside the suite: first seen, last)
     for e in read_manifest(results, s.name):
         rec = run_dir(results, e.config_hash)
         if read_status(rec) is None:
             continue
         row: dict[str, Any] = dict(
             suite=s.name,
-            variant=s.label(e.model),
+            variant=s.label(e.key),
             model=e.model,
             dataset=e.dataset,
             protocol=e.protocol,
@@ -391,18 +406,19 @@ def build_table(results: str | os.PathLike, suite: Suite | str) -> pd.DataFrame:
             config_hash=e.config_hash,
         )
         row.update(record_row(rec))
-        if math.isnan(row["latency_ms"]):
+        if math.isnan(row["latency_ms"]) and not e.overrides:  # the cache is per model, built without arguments
             row["latency_ms"] = latency.setdefault(e.model, read_latency_ms(results, e.model))
         if row["synthetic"] is None:
             row["synthetic"] = e.dataset == "synthetic"
         rows.append(row)
+        ranks.append(order.setdefault(e.key, len(order)))
     df = pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
     if len(df):
         bidx = {b: i for i, b in enumerate(BUDGETS)}
         df = (
             df.assign(
                 _b=df["budget"].map(bidx),
-                _m=df["model"].map(lambda m: order.get(m, len(order))),
+                _m=ranks,
             )
             .sort_values(["_b", "protocol", "dataset", "_m", "seed"], kind="stable")
             .drop(columns=["_b", "_m"])
