@@ -76,6 +76,7 @@ ROW_COLUMNS = (
     "eval_size", *METRIC_COLUMNS, "in_domain_pooled_dsc", "checkpoint_sha256", "checkpoint_verified",
     "data_key", "seconds", "evaluated_utc",
 )
+BUDGET_ORDER = {"smoke": 0, "cpu": 1, "paper": 2}
 PER_IMAGE_COLUMNS = ("config_hash", "variant", "seed", "id", "tn", "fp", "fn", "tp", "dsc", "iou")
 PRINT_COLUMNS = ("variant", "seed", "dataset", "config_hash", "n_images", "pooled_dsc", "pooled_miou",
                  "per_image_dsc_mean", "in_domain_pooled_dsc")
@@ -177,6 +178,7 @@ class Run:
     entry: Any  # studies.store.ManifestEntry
     record: Any  # engine.record.RunRecord
     variant: str
+    position: int = 0  # the variant's place in the suite's table order
 
     @property
     def chash(self) -> str:
@@ -199,6 +201,11 @@ class Run:
         return self.record.model or self.entry.model
 
     @property
+    def key(self) -> str:
+        """The variant key in the suite (the model name, with its keyword arguments when it has some)."""
+        return str(getattr(self.entry, "key", self.entry.model))
+
+    @property
     def checkpoint_bytes(self) -> int | None:
         value = ((self.record.metrics or {}).get("best_checkpoint") or {}).get("bytes")
         return int(value) if value is not None else None
@@ -213,24 +220,26 @@ class Problem:
     command: str | None = None
 
 
-def _suite_labels(suite: str) -> tuple[dict[str, str], list[str]]:
-    """(model -> label, model order) of a registered suite; empty for a suite the registry does not know."""
+def suite_info(suite_arg: str) -> tuple[str, dict[str, str], list[str]]:
+    """(results folder name, variant key -> label, key order) of a built-in suite or suite file; for a name
+    the registry does not know (a suite file that has gone) the name itself and no labels."""
     try:
         from studies.suites import get_suite
 
-        s = get_suite(suite)
-        order = list(s.all_variants())
-        return {m: s.label(m) for m in order}, order
-    except Exception:  # noqa: BLE001 - a suite written elsewhere still has its manifest
-        return {}, []
+        s = get_suite(suite_arg)
+    except Exception:  # noqa: BLE001 - its runs still have their manifest
+        return (Path(suite_arg).stem if suite_arg.lower().endswith(".toml") else suite_arg), {}, []
+    order = list(s.all_variants())
+    return s.name, {k: s.label(k) for k in order}, order
 
 
-def finished_runs(results: Path, suite: str) -> tuple[list[Run], dict[str, int]]:
+def finished_runs(results: Path, suite: str, suite_arg: str | None = None) -> tuple[list[Run], dict[str, int]]:
     """The ``done`` runs of the suite's manifest, and how many of the others are in each state."""
     from engine.record import load_record
     from studies import store
 
-    labels, _ = _suite_labels(suite)
+    _, labels, order = suite_info(suite_arg or suite)
+    rank = {k: i for i, k in enumerate(order)}
     runs: list[Run] = []
     other: dict[str, int] = {}
     for e in store.read_manifest(results, suite):
@@ -240,7 +249,8 @@ def finished_runs(results: Path, suite: str) -> tuple[list[Run], dict[str, int]]
         else:
             rec = load_record(rdir)  # a corrupt file: RecordError, one line, exit 2
             if rec.done:
-                runs.append(Run(e, rec, labels.get(e.model, e.model)))
+                key = str(getattr(e, "key", e.model))
+                runs.append(Run(e, rec, labels.get(key, key), rank.get(key, len(rank))))
                 continue
             state = ("failed" if rec.finished else
                      "running" if store.is_locked(results, e.config_hash) else "unfinished")
@@ -285,8 +295,7 @@ def recreate_command(suite_arg: str, run: Run, data_root: str | None) -> str:
     the record (``studies.run`` never retrains a finished record in place)."""
     e = run.entry
     scratch = Path(tempfile.gettempdir()) / RECREATE_SCRATCH
-    variant = e.model if not run.overrides else run.variant
-    cmd = ["python", "-m", "studies.run", "--suite", suite_arg, "--variants", variant, "--seed-list", str(e.seed),
+    cmd = ["python", "-m", "studies.run", "--suite", suite_arg, "--variants", run.key, "--seed-list", str(e.seed),
            "--budget", e.budget, "--dataset", e.dataset, "--protocol", e.protocol]
     if e.dataset != "synthetic":
         cmd.append("--strict-data")  # never a synthetic stand-in: that would be another run
@@ -394,11 +403,9 @@ def _finite(x: Any) -> float:
 
 def build_rows(results: Path, suite: str, target: Target, runs: Sequence[Run]) -> tuple[list[dict], list[dict]]:
     """The run rows and the per-image rows, from the stored per-run results (suite order, then seed)."""
-    _, order = _suite_labels(suite)
-    rank = {m: i for i, m in enumerate(order)}
     rows, per_image = [], []
-    for run in sorted(runs, key=lambda r: (r.entry.budget, r.entry.protocol, r.entry.dataset,
-                                           rank.get(r.entry.model, len(rank)), r.entry.model, r.entry.seed)):
+    for run in sorted(runs, key=lambda r: (BUDGET_ORDER.get(r.entry.budget, 9), r.entry.protocol, r.entry.dataset,
+                                           r.position, r.key, r.entry.seed)):
         stored = read_result(result_path(results, suite, target, run.chash))
         if stored is None or stored.get("data_key") != target.key() or stored.get("eval_size") != run.size:
             continue
@@ -634,7 +641,7 @@ def _run(args: argparse.Namespace) -> int:
     if not results.is_dir():
         raise CLIError(f"--results {results}: no such folder (run the suite first: python -m studies.run "
                        f"--suite {args.suite} --results {results})")
-    suite = Path(args.suite).stem if args.suite.endswith(".toml") else args.suite
+    suite = suite_info(args.suite)[0]
     if not (results / suite / "manifest.jsonl").is_file():
         raise CLIError(f"--suite {args.suite}: no runs under {results} ({results / suite / 'manifest.jsonl'} "
                        f"missing); run it first: python -m studies.run --suite {args.suite} --results {results}")
@@ -659,7 +666,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _evaluate_all(args: argparse.Namespace, results: Path, suite: str, target: Target, con: Any) -> int:
-    runs, other = finished_runs(results, suite)
+    runs, other = finished_runs(results, suite, args.suite)
     out_dir = external_dir(results, suite, target)
     _clean_own_temps(out_dir)
     todo: list[tuple[Run, str | None, bool | None]] = []
