@@ -143,6 +143,23 @@ def test_bold_only_when_best_is_distinguishable_from_runner_up(tmp_path: Path):
     assert table.best.get("params") is None  # all three have the default 53374 parameters
 
 
+def test_cost_bold_is_the_unique_smallest_as_printed(tmp_path: Path):
+    spec = FakeSuite("bold_cost", [FakeVariant("egeunet"), FakeVariant("egeunet_no_xy", params=48016, gmacs=0.0719),
+                                   FakeVariant("egeunet_no_zx", params=51900, gmacs=0.0705)])
+    fake_suite(tmp_path, spec)
+    group, per = _per_image(tmp_path, "bold_cost")
+    table = build_table(group, compare_with_reference(group.reference, group.variants, per, n_boot=200), per)
+    assert table.best["params"] == "egeunet_no_xy"
+    assert table.best["gmacs"] == "egeunet_no_zx"  # 0.070 is printed once
+    spec = FakeSuite("bold_cost_tie", [FakeVariant("egeunet"), FakeVariant("egeunet_no_xy", params=48016,
+                                                                           gmacs=0.0719)])
+    fake_suite(tmp_path, spec)
+    group, per = _per_image(tmp_path, "bold_cost_tie")
+    table = build_table(group, compare_with_reference(group.reference, group.variants, per, n_boot=200), per)
+    assert "gmacs" not in table.best  # 0.0721 and 0.0719 both print as 0.072: no bold on a printed tie
+    assert table.best["params"] == "egeunet_no_xy"
+
+
 def test_unshared_seeds_are_not_paired(tmp_path: Path):
     spec = FakeSuite("partial", [FakeVariant("egeunet"), FakeVariant("egeunet_no_xy", shift=-0.02, seeds=(0, 1))])
     fake_suite(tmp_path, spec)

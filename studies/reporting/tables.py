@@ -66,6 +66,9 @@ def fmt_gmacs(g: float) -> str:
     return f"{g:.3f}" if g < 1 else f"{g:.2f}"
 
 
+COST_FORMAT = {"params": fmt_params, "gmacs": fmt_gmacs}
+
+
 def _fmt(value: float, decimals: int = 2, sign: bool = False) -> str:
     if value is None or not np.isfinite(value):
         return "--"
@@ -106,12 +109,13 @@ def build_table(group: Group, tests: pd.DataFrame, per_image: dict[tuple[str, in
         b = best_distinguishable(summary[f"{col}_mean"], per_image, col, higher)
         if b is not None:
             best[col] = b
-    for col, _h, higher in COST_COLUMNS:  # deterministic: the unique lowest count
+    for col, _h, higher in COST_COLUMNS:  # deterministic: the unique lowest count, as printed
         vals = summary[f"{col}_mean"].dropna()
         if len(vals) >= 2:
-            top = vals.min()
-            if (vals == top).sum() == 1:
-                best[col] = str(vals.idxmin())
+            shown = vals.map(COST_FORMAT[col])
+            low = str(vals.idxmin())
+            if (shown == shown[low]).sum() == 1:  # a tie at the printed precision is not bold
+                best[col] = low
     rows = []
     if reported:
         for (model, dataset), rep in REPORTED.items():
