@@ -376,3 +376,30 @@ def test_cli_subprocess_exit_status_and_help(results, external, tmp_path):
                           timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert (results / "smoke" / "external_folder_derm.tex").is_file()
+
+
+def test_report_picks_up_the_external_tables(results, external, tmp_path, capsys):
+    from studies.reporting.build import Options, build_suite_report
+
+    out = tmp_path / "reports"
+    build_suite_report(results, "smoke", out, Options(n_boot=200, html=False, qualitative=False))
+    assert "External evaluation" not in (out / "smoke" / "report.md").read_text()
+    assert cli("--suite", "smoke", "--results", results, "--on", f"folder:{external}", "--cache-dir",
+               tmp_path / "c", capsys=capsys)[0] == 0
+    rep = build_suite_report(results, "smoke", out, Options(n_boot=200, html=False, qualitative=False))
+    md = (out / "smoke" / "report.md").read_text()
+    assert "## External evaluation" in md and "### folder_derm" in md
+    rows = read_csv(results / "smoke" / "external_folder_derm.csv")
+    egeunet = next(r for r in rows if r["model"] == "egeunet")
+    assert f"| {100 * float(egeunet['pooled_dsc']):.2f} " in md.split("### folder_derm")[1]
+    assert (out / "smoke" / "tables" / "external_folder_derm.tex").read_text() == \
+        (results / "smoke" / "external_folder_derm.tex").read_text()
+    assert out / "smoke" / "external_folder_derm.csv" in rep.files
+
+
+def test_a_bad_flag_is_one_line_exit_2(capsys):
+    with pytest.raises(SystemExit) as e:
+        ev.main(["--no-such-flag"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("python -m studies.evaluate: error: "), err

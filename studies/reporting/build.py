@@ -8,6 +8,7 @@ Output layout (``<out>/<suite>/``)::
     figures/<kind>__<group>.png / .pdf
     summary.csv                per group and variant: mean, std, n of every column (raw units)
     stats.csv                  every test against EGE-UNet (difference, CI, p, Holm-adjusted p, mark)
+    external_<dataset>.csv, tables/external_<dataset>.tex   external evaluations (studies.evaluate), if any
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from studies.reporting import figures as figs
+from studies.reporting.external import external_section
 from studies.reporting.load import (Group, ReportError, done_runs, is_done, iter_groups,
                                     load_results, read_config, read_history, read_per_image, run_dir)
 from studies.reporting.markdown import render
@@ -150,6 +152,9 @@ def build_suite_report(results_root: Path | str, suite: str, out_root: Path | st
         provenance=_provenance(done),
         failed=_failed(df),
     )
+    ext_md, ext_files = external_section(results_root, suite, out)  # studies.evaluate's tables, if any
+    md = md.rstrip("\n") + "\n\n" + ext_md if ext_md else md
+    report.files += ext_files
     (out / "report.md").write_text(md)
     report.files.append(out / "report.md")
     if options.html:
