@@ -44,6 +44,7 @@ from studies.suites import (
     SUITES,
     Suite,
     SuiteError,
+    dataset_problem,
     is_outside_model,
     kwargs_problem,
     parse_variant,
@@ -210,8 +211,9 @@ def _datasets(value: Any, fail: Any) -> tuple[str, ...]:
     for i, d in enumerate(value):
         if not isinstance(d, str):
             raise fail(f"datasets[{i}]", f"must be a dataset name ({', '.join(DATASETS)}), got {_kind(d)}")
-        if d not in DATASETS:
-            raise fail(f"datasets[{i}]", f"unknown dataset {d!r}; valid datasets: {', '.join(DATASETS)}")
+        why = dataset_problem(d)
+        if why:
+            raise fail(f"datasets[{i}]", why)
     if len(set(value)) != len(value):
         raise fail("datasets", "lists a dataset twice")
     return tuple(value)

@@ -291,6 +291,13 @@ def get_suite(name: str) -> Suite:
         raise SuiteError(f"unknown suite {name!r}; valid suites: {', '.join(SUITES)}{hint}") from None
 
 
+def dataset_problem(name: str) -> str | None:
+    """Why ``name`` is not a dataset a suite can run on (None when it is): the one check of suites and files."""
+    if name not in DATASETS:
+        return f"unknown dataset {name!r}; valid datasets: {', '.join(DATASETS)}"
+    return None
+
+
 def expand(
     suite: Suite | str,
     *,
@@ -313,8 +320,9 @@ def expand(
         raise SuiteError(f"unknown protocol {protocol!r}; valid protocols: {', '.join(PROTOCOLS)}")
     ds = tuple(datasets) if datasets else s.datasets
     for d in ds:
-        if d not in DATASETS:
-            raise SuiteError(f"unknown dataset {d!r}; valid datasets: {', '.join(DATASETS)}")
+        why = dataset_problem(d)
+        if why:
+            raise SuiteError(why)
     seed_list = tuple(seeds) if seeds is not None else tuple(range(s.default_seed_count(budget)))
     keys = s.variants_at(budget)
     models, overrides = dict(s.models), {k: dict(v) for k, v in s.overrides.items()}
