@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from studies import run as runcli
-from studies.suitefile import SuiteFileError, dump_suite, load_suite, suite_from_dict
+from studies.suitefile import SuiteFileError, dump_suite, load_suite
 from studies.suitefile import main as suitefile_main
 from studies.suites import SUITES, Suite, SuiteError, expand, get_suite
 
