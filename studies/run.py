@@ -200,9 +200,10 @@ def _check_device(device: str) -> None:
 def _resolve_datasets(args: argparse.Namespace, suite_datasets: Sequence[str]
                       ) -> tuple[list[str], str | None, list[str]]:
     """The datasets to run, the data root, and notes on datasets replaced by synthetic data."""
-    explicit = [d.lower() for d in _split(args.dataset) or []] or None
+    explicit = [d if d.startswith("folder:") else d.lower() for d in _split(args.dataset) or []] or None
     for d in explicit or []:
-        _check_choice("dataset", d, DATASETS)
+        if not d.startswith("folder:"):
+            _check_choice("dataset", d, DATASETS)
     from engine.data import data_root, dataset_available
 
     if args.data_root and not Path(args.data_root).expanduser().is_dir():

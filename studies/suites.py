@@ -293,8 +293,10 @@ def get_suite(name: str) -> Suite:
 
 def dataset_problem(name: str) -> str | None:
     """Why ``name`` is not a dataset a suite can run on (None when it is): the one check of suites and files."""
-    if name not in DATASETS:
-        return f"unknown dataset {name!r}; valid datasets: {', '.join(DATASETS)}"
+    from engine.data import is_dataset_name
+
+    if name not in DATASETS and not (name.startswith("folder:") and is_dataset_name(name)):
+        return f"unknown dataset {name!r}; valid datasets: {', '.join(DATASETS)}, folder:PATH"
     return None
 
 
@@ -318,7 +320,10 @@ def expand(
         raise SuiteError(f"unknown budget {budget!r}; valid budgets: {', '.join(BUDGETS)}")
     if protocol not in PROTOCOLS:
         raise SuiteError(f"unknown protocol {protocol!r}; valid protocols: {', '.join(PROTOCOLS)}")
-    ds = tuple(datasets) if datasets else s.datasets
+    from engine.data import canonical_dataset
+
+    ds = tuple(canonical_dataset(d) if d.startswith("folder:") else d
+               for d in (tuple(datasets) if datasets else s.datasets))
     for d in ds:
         why = dataset_problem(d)
         if why:
