@@ -1,11 +1,16 @@
-"""Run environment: code version, library versions, device; seeding and RNG state capture.
+"""Run environment: code version, library versions, device; the run's torch settings; seeding and RNG state.
 
-``collect_env`` feeds ``env.json`` of every run record (docs/protocol.md §9 R1: every run is defined by a
-stored config, seed, code version and environment).
+* :func:`collect_env` / :func:`env_record` build ``env.json`` of every run record (docs/protocol.md §9 R1:
+  every run is defined by a stored config, seed, code version and environment), one entry per session
+  (a resumed run appends one) with the key a resume must match (:func:`engine.numerics.resume_key`).
+* :func:`runtime` sets the thread count and determinism switches for one run and restores them after.
+* :func:`seed_everything`, :func:`derived_seed`, :func:`capture_rng` / :func:`restore_rng`: the seeds and
+  RNG states that make a run, and a resumed run, repeat bit for bit on the CPU.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import os
 import platform
@@ -14,12 +19,13 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 
-__all__ = ["collect_env", "git_info", "seed_everything", "capture_rng", "restore_rng", "derived_seed"]
+__all__ = ["collect_env", "env_record", "git_info", "runtime", "seed_everything", "capture_rng", "restore_rng",
+           "derived_seed"]
 
 _REPO = Path(__file__).resolve().parents[1]
 
@@ -97,6 +103,46 @@ def collect_env(device: str | torch.device = "cpu", threads: int | None = None,
     if dev.type == "cuda" and torch.cuda.is_available():
         info["device_name"] = torch.cuda.get_device_name(dev)
     return info
+
+
+def env_record(prev: dict[str, Any], device: torch.device, threads: int | None,
+               code_version: dict[str, Any] | None, key: dict[str, Any], *, start_epoch: int, fast_path: bool,
+               amp: bool, fused_kernels: bool) -> dict[str, Any]:
+    """The new ``env.json``: this session's :func:`collect_env`, with a session entry (resume ``key``, host,
+    device, code version, first epoch, path) appended to those of ``prev`` (the stored ``env.json`` or {})."""
+    env = collect_env(device, threads, code_version)
+    sessions = list(prev.get("sessions", []))
+    sessions.append({**key, "time_utc": env["time_utc"], "hostname": env["hostname"], "device": env["device"],
+                     "threads": env["threads"], "git_commit": env["git_commit"], "git_dirty": env["git_dirty"],
+                     "start_epoch": start_epoch, "fast_path": fast_path, "amp": amp, "fused_kernels": fused_kernels})
+    env["sessions"] = sessions
+    env["deterministic_algorithms"] = torch.are_deterministic_algorithms_enabled()
+    env["amp"] = amp
+    env.update(key)
+    env["fast_path"] = fast_path
+    env["fused_kernels"] = fused_kernels
+    return env
+
+
+@contextlib.contextmanager
+def runtime(threads: int | None, deterministic: bool) -> Iterator[None]:
+    """Torch CPU threads and determinism switches for one run; the previous settings are restored after."""
+    prev_threads = torch.get_num_threads()
+    prev_det = torch.are_deterministic_algorithms_enabled()
+    prev_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    prev_cudnn = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    try:
+        if threads:
+            torch.set_num_threads(int(threads))
+        # warn_only: an op without a deterministic kernel (some baselines) warns instead of killing the run
+        torch.use_deterministic_algorithms(deterministic, warn_only=True)
+        torch.backends.cudnn.deterministic = True  # as the official code
+        torch.backends.cudnn.benchmark = False
+        yield
+    finally:
+        torch.set_num_threads(prev_threads)
+        torch.use_deterministic_algorithms(prev_det, warn_only=prev_warn)
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = prev_cudnn
 
 
 def derived_seed(seed: int, stream: str) -> int:

@@ -30,9 +30,17 @@ from zoo.contract import as_seg_output, loss_weights_of
 from engine.losses import model_loss
 from engine.metrics import confusion_counts, per_image_metrics, summarize
 
-__all__ = ["EvalResult", "evaluate", "selection_info", "evaluate_checkpoint", "parse_eval_target", "load_model"]
+__all__ = ["EvalResult", "evaluate", "selection_info", "is_better", "evaluate_checkpoint", "parse_eval_target",
+           "eval_target_key", "load_model", "METRIC_CONVENTIONS", "PER_IMAGE_COLUMNS"]
 
 SELECTION_SPLIT = "val"
+
+#: how the summary keys are computed, recorded in every ``metrics.json``
+METRIC_CONVENTIONS = {
+    "pooled": "one confusion matrix over all test pixels (official; miou = foreground IoU)",
+    "per_image": "mean / sample std (ddof 1) over images; both-empty image = 1.0",
+    "isic_tjaccard": "per-image IoU, < 0.65 -> 0, mean",
+}
 
 
 @dataclass
@@ -119,6 +127,20 @@ def selection_info(protocol: str, criterion: str) -> dict[str, Any]:
         "note": ("paper protocol: no validation split; 'val' is the test set and the checkpoint is selected on it "
                  "(as the official code)") if on_test else "clean protocol: selected on the held-out validation split",
     }
+
+
+def is_better(criterion: str, value: float, best: float | None) -> bool:
+    """Whether ``value`` of the selection ``criterion`` beats ``best`` (a loss: lower; a metric: higher)."""
+    if best is None:
+        return True
+    if criterion == "val_loss":
+        return value < best
+    return value > best
+
+
+def eval_target_key(dataset: str, split: str) -> str:
+    """The key of an external evaluation in ``metrics.json``: ``"ph2"`` for its test split, else ``"ph2:val"``."""
+    return dataset if split == "test" else f"{dataset}:{split}"
 
 
 def parse_eval_target(target: str) -> tuple[str, str]:

@@ -1,6 +1,6 @@
 """Run records: one folder per run, ``<results_dir>/runs/<config_hash>/``.
 
-Layout (ARCHITECTURE.md)::
+Layout (docs/architecture.md)::
 
     config.json       the full resolved RunConfig (written first)
     env.json          code version (git commit + dirty flag), versions, device, threads, host
@@ -33,8 +33,8 @@ import torch
 
 __all__ = [
     "STATUS_FILE", "FINISHED_STATUSES", "record_dir_for", "atomic_write", "atomic_write_bytes", "atomic_write_text",
-    "atomic_write_json", "atomic_write_csv", "atomic_torch_save", "read_json", "write_status", "read_status",
-    "is_finished", "load_record", "RunRecord", "Session", "RecordError", "RECORD_SCHEMA", "jsonable",
+    "atomic_write_json", "atomic_write_csv", "atomic_torch_save", "read_json", "read_json_or_empty", "write_status",
+    "read_status", "is_finished", "load_record", "RunRecord", "Session", "RecordError", "RECORD_SCHEMA", "jsonable",
 ]
 
 STATUS_FILE = "status.json"
@@ -141,6 +141,15 @@ def atomic_torch_save(path: str | os.PathLike, obj: Any) -> None:
 def read_json(path: str | os.PathLike) -> Any:
     with open(path, encoding="utf-8") as f:
         return json.load(f)
+
+
+def read_json_or_empty(path: str | os.PathLike) -> dict[str, Any]:
+    """A JSON object file's content; ``{}`` when it is missing, not valid JSON or not an object."""
+    try:
+        data = read_json(path)
+        return data if isinstance(data, dict) else {}
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
 
 
 # ------------------------------------------------------------------------------ status
