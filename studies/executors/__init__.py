@@ -2,11 +2,13 @@
 
 An executor takes a list of :class:`RunTask` and returns one :class:`RunOutcome` per task, calling the
 callbacks as runs start and finish. Every executor runs each task through :func:`execute_task`, which
-owns the exactly-once logic (finished runs are skipped; a per-run ``flock`` decides who trains a run
-when several runners share a results folder), so an executor only decides *where* tasks execute.
+owns the exactly-once logic (finished runs are skipped; a per-run lock, :class:`studies.store.RunLock`,
+decides who trains a run when several runners share a results folder), so an executor only decides
+*where* tasks execute.
 
 * ``local``: this machine, one or more worker processes (:mod:`studies.executors.local`).
-* ``ray``: a Ray cluster (:mod:`studies.executors.ray_executor`, imported only when asked for).
+* ``ray``: a Ray cluster (:mod:`studies.executors.ray_executor` and its ``ray_*`` parts, imported only
+  when asked for).
 
 Contract for an executor class (``get_executor(name, **kw)`` builds it with ``workers=``, ``threads=``
 (total torch threads, None = all cores) and any further keywords; accept and ignore unknown ones):
@@ -15,7 +17,7 @@ Contract for an executor class (``get_executor(name, **kw)`` builds it with ``wo
   per task in task order, never ``busy``; ``on_start(task)`` / ``on_done(outcome)`` are called in the
   calling process; ``on_progress(task, **epoch_info)`` is optional (per-epoch information).
 * execute each task with ``execute_task(task, blocking=False)`` where the results folder is visible
-  (shared file system, ``flock`` working across the machines that share it); an outcome ``busy``
+  (shared file system whose file locks work across the machines that share it); an outcome ``busy``
   means another runner holds the run: submit it again later, with ``blocking=True`` once nothing
   else is left, and report the outcome of that attempt.
 * catch worker loss and report the affected tasks as ``failed`` (their records stay unfinished and are
