@@ -262,25 +262,21 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def _flock_free(lock: Path) -> bool:
-    """True when nobody holds an flock on ``lock`` (a missing lock file is free)."""
-    import fcntl
+def _lock_free(lock: Path) -> bool:
+    """True when nobody holds ``lock`` (a :func:`studies.store.file_lock` file; a missing one is free)."""
+    from filelock import Timeout
 
-    try:
-        fd = os.open(lock, os.O_RDONLY)
-    except FileNotFoundError:
+    from studies import store
+
+    if not lock.exists():
         return True
-    except OSError:
-        return False
+    probe = store.file_lock(lock)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+        probe.acquire(timeout=0)
+    except (Timeout, OSError):
         return False
-    else:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return True
-    finally:
-        os.close(fd)
+    probe.release()
+    return True
 
 
 def clean_stale_temps(results: str | os.PathLike[str], max_age_s: float = STALE_TEMP_S) -> list[Path]:
@@ -323,7 +319,7 @@ def clean_stale_temps(results: str | os.PathLike[str], max_age_s: float = STALE_
     for tmp in sorted(root.glob("*/.*.tmp")):
         if tmp.parent.name == "runs":
             continue
-        free = _flock_free(tmp.parent / ".table.lock")
+        free = _lock_free(tmp.parent / ".table.lock")
         if (free and old(tmp, 60)) or old(tmp, max_age_s):
             rm(tmp)
     runs = store.runs_dir(root)
