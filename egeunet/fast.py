@@ -990,7 +990,7 @@ class FastModel(nn.Module):
         return list(torch.tensor_split(x, n, dim=0))
 
     def forward(self, x: Tensor) -> SegOutput:
-        # (walking the module tree for the parameters costs ~1.5 ms: only when a graph is built)
+        # walking the module tree for the parameters is not free: do it only when a graph is built
         params = [p for p in self.parameters() if p.requires_grad] if torch.is_grad_enabled() else []
         training = bool(params)
         chunks = self._chunks(x, training)
