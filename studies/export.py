@@ -40,8 +40,8 @@ def build_parser():
     p = _cli.parser(PROG, "Export a model to ONNX, check onnxruntime against torch, report fp32/fp16/int8 "
                     "sizes, DSC change and CPU latency.",
                     epilog="examples:\n  python -m studies.export --model egeunet\n"
-                           "  python -m studies.export --model egeunet --checkpoint RUN/checkpoints/best.pt "
-                           "--dataset isic2018\n" + _cli.EXIT_LINE)
+                           "  python -m studies.export --model egeunet \\\n"
+                           "      --checkpoint RUN/checkpoints/best.pt --dataset isic2018\n" + _cli.EXIT_LINE)
     p.add_argument("--model", required=True, help="registered model name")
     p.add_argument("--checkpoint", help="a run's best.pt (torch.load(...)['model'] is the state_dict)")
     p.add_argument("--out", default=os.path.join(tempfile.gettempdir(), "egeunet-export"),

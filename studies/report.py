@@ -1,4 +1,5 @@
-"""Report of a study suite: LaTeX / Markdown tables, figures and statistics from its results table.
+"""Report of a study suite: LaTeX / Markdown tables, figures and statistics
+from its results table.
 
     python -m studies.report --suite ablation_gab                 # results/ablation_gab -> reports/ablation_gab
     python -m studies.report --all --results results --out reports
