@@ -21,9 +21,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-BUDGETS = ("smoke", "cpu", "paper")
-PROTOCOLS = ("clean", "paper")
-DATASETS = ("isic2018", "isic2017", "ph2", "synthetic")
+from engine.config import BUDGETS as _ENGINE_BUDGETS
+from engine.data.loader import DATASETS
+from engine.data.splits import PROTOCOLS
+
+BUDGETS = tuple(_ENGINE_BUDGETS)  # the engine defines budgets, datasets and protocols; suites only name them
 
 
 @dataclass(frozen=True)

@@ -121,6 +121,14 @@ def test_unreachable_cluster_is_one_line_error(tmp_path, capsys):
 
 
 @pytest.mark.slow
+def _as_terminal_job() -> None:
+    """Run the child as a terminal's foreground job: its own process group, SIGINT at its default.
+    A shell's background job (``cmd &``, nohup, some CI runners) starts with SIGINT ignored, and Python
+    then keeps ignoring it, so without the reset the Ctrl-C below would be lost."""
+    os.setsid()
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_cancels_and_the_next_invocation_resumes(tmp_path):
     pytest.importorskip("ray")
     results, staging = tmp_path / "results", tmp_path / "staging"
@@ -129,7 +137,7 @@ def test_ctrl_c_cancels_and_the_next_invocation_resumes(tmp_path):
     cmd = [sys.executable, "-m", "studies.run", "--suite", "smoke", "--seeds", "2", "--executor", "ray",
            "--threads", "2", "--results", str(results), "--ray-shared-dir", str(staging), "--no-fast"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)  # its own process group, as a terminal's job
+                            text=True, preexec_fn=_as_terminal_job)
     try:
         deadline = time.monotonic() + 150
         ckpts: list[str] = []
