@@ -126,7 +126,7 @@ def restore_training(ck: dict[str, Any], *, model: nn.Module, optimizer: Any, sc
 
 
 def resume_conflict(cfg: "RunConfig", results_dir: str | os.PathLike, *, device: str | torch.device = "cpu",
-                    fast: bool | None = None) -> str | None:
+                    fast: bool | None = None, packed: bool = False) -> str | None:
     """Why the unfinished record of ``cfg`` (data resolved) cannot resume here, or None.
 
     The session that started the run (``env.json`` ``sessions[0]``) fixes the device type, precision mode,
@@ -147,7 +147,7 @@ def resume_conflict(cfg: "RunConfig", results_dir: str | os.PathLike, *, device:
     sessions = read_json_or_empty(rdir / "env.json").get("sessions") or []
     first = sessions[0] if sessions and isinstance(sessions[0], dict) else {}
     want = resume_key(device, precision_mode(device, cfg.resolved_recipe().amp),
-                      uses_fast_path(cfg.model, device, fast))
+                      uses_fast_path(cfg.model, device, fast), path="packed" if packed else None)
     diffs = [f"{k} {first.get(k)!r} -> {v!r}" for k, v in want.items() if first.get(k) != v]
     if not diffs:
         return None

@@ -48,10 +48,12 @@ def precision_mode(device: str | torch.device, amp: bool) -> str:
     return "tf32" if tf32 else "fp32"
 
 
-def resume_key(device: str | torch.device, precision: str, fast_path: bool) -> dict[str, Any]:
-    """What a resumed session must share with the session that started the run."""
+def resume_key(device: str | torch.device, precision: str, fast_path: bool, *,
+               path: str | None = None) -> dict[str, Any]:
+    """What a resumed session must share with the session that started the run. ``path``: ``packed`` for
+    runs trained in lockstep by :mod:`engine.packed` (default: ``fast`` or ``plain`` from ``fast_path``)."""
     return {"device_type": torch.device(device).type, "precision": precision,
-            "numerics_version": NUMERICS_VERSION, "path": "fast" if fast_path else "plain"}
+            "numerics_version": NUMERICS_VERSION, "path": path or ("fast" if fast_path else "plain")}
 
 
 def _weights_summary(state: dict[str, torch.Tensor]) -> dict[str, Any]:

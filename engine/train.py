@@ -172,6 +172,7 @@ class _Run:
         self.fast_request = fast
         self.code_version = code_version
         self.use_fast = False
+        self.packed = False  # set by engine.packed: trained in lockstep with runs of the same architecture
         self.use_amp = self.recipe.amp and device.type == "cuda"
         self.precision = precision_mode(device, self.use_amp)
         self.ckpt_dir = rdir / "checkpoints"
@@ -179,6 +180,11 @@ class _Run:
         self.best: dict[str, Any] = {"epoch": None, "value": None, "state": None}
         self.resumed_from: int | None = None
         self.wall_s = 0.0
+
+    @property
+    def path(self) -> str:
+        """The training path recorded in ``env.json`` and fixed for resumes: fast, plain or packed."""
+        return "packed" if self.packed else ("fast" if self.use_fast else "plain")
 
     # -------------------------------------------------------------------------- setup
     def _write_config(self) -> None:
@@ -194,7 +200,7 @@ class _Run:
 
     def _write_env(self, start_epoch: int) -> None:
         path = self.rdir / "env.json"
-        key = resume_key(self.device, self.precision, self.use_fast)
+        key = resume_key(self.device, self.precision, self.use_fast, path=self.path)
         fused = self.use_fast and self.device.type == "cpu" and _fastops.active()
         atomic_write_json(path, env_record(read_json_or_empty(path), self.device, self.threads, self.code_version,
                                            key, start_epoch=start_epoch, fast_path=self.use_fast, amp=self.use_amp,
@@ -333,10 +339,15 @@ class _Run:
             return self._fail(f"out of memory: {str(e).splitlines()[0] if str(e) else ''}")
 
     def _one_epoch(self, epoch: int, bar: EpochProgress) -> None:
-        r = self.recipe
         t0 = time.perf_counter()
         lr = float(self.optimizer.param_groups[0]["lr"])
         train_loss = self._train_epoch(epoch, bar)
+        self._end_epoch(epoch, bar, train_loss, lr, time.perf_counter() - t0)
+
+    def _end_epoch(self, epoch: int, bar: EpochProgress, train_loss: float, lr: float, train_s: float) -> None:
+        """Validate, step the schedule, record the epoch, keep the best state and write ``latest.pt``."""
+        r = self.recipe
+        t0 = time.perf_counter() - train_s
         val = self._evaluate(self.val_data, r.max_eval_images)
         if val.loss is None or not math.isfinite(val.loss):
             raise RunFailed(f"non-finite validation loss ({val.loss}) at epoch {epoch}")
