@@ -41,7 +41,7 @@ from engine.progress import EpochProgress
 from engine.record import read_json_or_empty, read_status, record_dir_for
 from engine.train import RunFailed, RunResult, _Run, _resolve_data
 
-__all__ = ["pack_problem", "run_packed", "same_architecture"]
+__all__ = ["PackedStep", "pack_problem", "run_packed", "same_architecture"]
 
 
 def same_architecture(a: RunConfig, b: RunConfig) -> bool:
@@ -73,13 +73,35 @@ def pack_problem(cfgs: list[RunConfig], device: str | torch.device = "cpu") -> s
     return None
 
 
-def _packed_step(base: torch.nn.Module, weights: Any) -> Callable[..., tuple[dict[str, torch.Tensor], torch.Tensor]]:
-    """``(stacked params, X[K,B,...], Y[K,B,...]) -> (stacked grads, losses[K])``."""
+class PackedStep:
+    """The lockstep training step of runs whose models share one architecture (no buffers).
 
-    def loss(params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return model_loss(as_seg_output(functional_call(base, params, (x,))), y, weights)
+    ``grads, losses = step.gradients(models, X, Y)``: the loss of each model on its own batch (``X[k]``,
+    ``Y[k]``: K x B x ...) and the gradients, from one ``vmap(grad_and_value(loss))`` over the stacked
+    parameters; ``step.apply(k, model, optimizer, grads)`` gives model ``k`` its gradients (views, no copy)
+    and steps its optimizer. ``engine.packed`` trains with it and ``studies.bench`` measures it.
+    """
 
-    return vmap(grad_and_value(loss))
+    def __init__(self, base: torch.nn.Module, weights: Any) -> None:
+        self.base = base
+        self.names = [n for n, _ in base.named_parameters()]
+
+        def loss(params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return model_loss(as_seg_output(functional_call(base, params, (x,))), y, weights)
+
+        self.fn: Callable[..., tuple[dict[str, torch.Tensor], torch.Tensor]] = vmap(grad_and_value(loss))
+
+    def gradients(self, models: list[torch.nn.Module], x: torch.Tensor, y: torch.Tensor
+                  ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        per = [list(m.parameters()) for m in models]
+        params = {k: torch.stack([ps[i].detach() for ps in per]) for i, k in enumerate(self.names)}
+        return self.fn(params, x, y)
+
+    def apply(self, k: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+              grads: dict[str, torch.Tensor]) -> None:
+        for name, p in zip(self.names, model.parameters()):
+            p.grad = grads[name][k]
+        optimizer.step()
 
 
 class _Pack:
@@ -90,9 +112,7 @@ class _Pack:
         self.progress = progress
         self.results: dict[str, RunResult] = {}
         first = members[0]
-        self.names = [n for n, _ in first.model.named_parameters()]
-        self.params = {id(m): [p for _, p in m.model.named_parameters()] for m in members}
-        self.step = _packed_step(first.model, first.weights)
+        self.step = PackedStep(first.model, first.weights)
 
     def _train_epoch(self, group: list[_Run], epoch: int, bar: EpochProgress) -> tuple[list[_Run], list[float]]:
         """One epoch of ``group`` in lockstep; returns the members still alive and their mean losses."""
@@ -116,9 +136,7 @@ class _Pack:
                 x, y = augment_batch(x, y, m.aug_gen, paper_quirks=r.paper_quirks, run_angle=m.run_angle)
                 xs.append(x)
                 ys.append(y)
-            params = {k: torch.stack([self.params[id(m)][i].detach() for m in alive])
-                      for i, k in enumerate(self.names)}
-            grads, losses = self.step(params, torch.stack(xs), torch.stack(ys))
+            grads, losses = self.step.gradients([m.model for m in alive], torch.stack(xs), torch.stack(ys))
             values = losses.detach().cpu().tolist()
             keep = []
             for j, (m, value) in enumerate(zip(alive, values)):
@@ -131,9 +149,7 @@ class _Pack:
                 if problem:
                     self.results[m.chash] = m._fail(problem)
                     continue
-                for k, p in zip(self.names, self.params[id(m)]):
-                    p.grad = grads[k][j]
-                m.optimizer.step()
+                self.step.apply(j, m.model, m.optimizer, grads)
                 totals[id(m)] += value * len(perms[id(m)][s * bs:(s + 1) * bs])
                 keep.append(m)
             alive = keep

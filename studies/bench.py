@@ -7,7 +7,9 @@ so that load from other processes hits both alike; ratios are the median of per-
 * training step images/s at batch 8: forward + deep-supervised BceDice loss (``engine.losses``) +
   backward + AdamW step;
 * a full training epoch on ISIC2018 ``train`` at 256x256 including the per-batch data path
-  (``engine.data.normalise`` + ``augment_batch``); ``--quick`` or no data: a subset / synthetic data.
+  (``engine.data.normalise`` + ``augment_batch``); ``--quick`` or no data: a subset / synthetic data;
+* ``pack8`` (default on CUDA): ``--pack K`` runs trained in lockstep (:mod:`engine.packed`), the aggregate
+  training images/s of the K runs against one reference run's step at batch 8.
 
 Candidates: (a) ``reference`` = :class:`egeunet.reference.ReferenceEGEUNet`, plain eager;
 (b) ``fast`` = :func:`egeunet.fast.make_fast` over :class:`egeunet.model.EGEUNet` with the same
@@ -279,6 +281,40 @@ def bench_train(cands: dict[str, Candidate], device: torch.device, batch: int, r
         return f
 
     return interleaved({n: unit(c) for n, c in cands.items()}, rounds, device)
+
+
+def bench_pack(ref: Candidate, device: torch.device, batch: int, k: int, rounds: int, reps: int,
+               loss_fn: Callable) -> dict[str, list[float]]:
+    """Aggregate training images/s of ``k`` runs in lockstep (:class:`engine.packed.PackedStep`: one
+    vmapped step over ``k`` EGE-UNets, each on its own batch, then ``k`` AdamW steps), against one
+    reference run's step at the same batch; the ratio is what packing buys for the whole suite."""
+    from egeunet.model import EGEUNet
+    from engine.packed import PackedStep
+
+    models = []
+    for seed in range(k):
+        torch.manual_seed(seed)
+        models.append(EGEUNet().to(device))
+    opts = [torch.optim.AdamW(m.parameters(), lr=1e-3) for m in models]
+    step = PackedStep(models[0], tuple(models[0].loss_weights))
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(k, batch, 3, 256, 256, generator=g).to(device)
+    y = (torch.rand(k, batch, 1, 256, 256, generator=g) > 0.5).float().to(device)
+    w = tuple(ref.train.loss_weights)
+
+    def reference() -> int:
+        for _ in range(reps):
+            _train_step(ref, device, x[0], y[0], w, loss_fn)
+        return batch * reps
+
+    def packed() -> int:
+        for _ in range(reps):
+            grads, _ = step.gradients(models, x, y)
+            for j, (m, o) in enumerate(zip(models, opts)):
+                step.apply(j, m, o, grads)
+        return batch * k * reps
+
+    return interleaved({"reference": reference, f"packed_{k}": packed}, rounds, device)
 
 
 def load_epoch_data(quick: bool, n_quick: int) -> tuple[Any, str]:
@@ -690,7 +726,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--workers", type=int, default=None, help="fast-path worker threads (default: threads)")
     p.add_argument("--extra", default="", help="comma list: fast_w2, compiled, amp (cuda)")
-    p.add_argument("--cases", default="infer1,infer16,train8,epoch", help="comma list of cases to run")
+    p.add_argument("--cases", default=None,
+                   help="comma list of cases to run: infer1, infer16, train8, epoch, pack8 (default: the first "
+                        "four; cuda: infer1, infer16, train8, pack8)")
+    p.add_argument("--pack", type=int, default=4, metavar="K",
+                   help="pack8: runs trained in lockstep (engine.packed), aggregate images/s vs one reference run")
     p.add_argument("--epoch-rounds", type=int, default=None,
                    help=f"interleaved epochs per candidate (default {DEFAULT_EPOCH_ROUNDS}; quick: as --rounds, "
                         f"the epoch being a 64-image subset)")
@@ -744,7 +784,11 @@ def main(argv: list[str] | None = None) -> int:
     rounds = args.rounds or (QUICK_ROUNDS if args.quick else DEFAULT_ROUNDS)
     epoch_rounds = args.epoch_rounds or (rounds if args.quick else DEFAULT_EPOCH_ROUNDS)
     extra = [e for e in args.extra.split(",") if e]
+    if args.cases is None:
+        args.cases = "infer1,infer16,train8,pack8" if args.device == "cuda" else "infer1,infer16,train8,epoch"
     cases = [c for c in args.cases.split(",") if c]
+    if args.pack < 1:
+        fail(PROG, f"--pack {args.pack}: give at least 1")
     from rich.markup import escape
     loss_fn = _loss_fn()
     cands, ref = build_candidates(device, extra, args.workers)
@@ -788,6 +832,10 @@ def main(argv: list[str] | None = None) -> int:
         progress(f"training step, batch 8: {rounds} rounds")
         rows += summarise("train_step", 8, bench_train(cands, device, 8, rounds, 1 if args.quick else 2, loss_fn),
                           acc, env, setup)
+    if "pack8" in cases:
+        progress(f"{args.pack} runs packed, batch 8 each: {rounds} rounds")
+        rows += summarise("pack", 8, bench_pack(cands["reference"], device, 8, args.pack, rounds,
+                                                1 if args.quick else 2, loss_fn), acc, env, setup)
     epoch_note = ""
     if "epoch" in cases:
         data, epoch_note = load_epoch_data(args.quick, 64)
@@ -798,7 +846,7 @@ def main(argv: list[str] | None = None) -> int:
             if r["case"] == "epoch":
                 r["epoch_data"] = epoch_note
     if not rows:
-        fail(PROG, f"--cases {args.cases}: none of infer1, infer16, train8, epoch")
+        fail(PROG, f"--cases {args.cases}: none of infer1, infer16, train8, epoch, pack8")
     for r in rows:
         r["fp32_floor_out"] = floor["fp32_floor_out"]
         r["max_abs_logit"] = floor["max_abs_logit"]

@@ -16,18 +16,20 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_bench_quick_run_writes_a_traceable_csv(tmp_path):
     csv = tmp_path / "bench.csv"
     docs = tmp_path / "performance.md"
-    proc = subprocess.run([sys.executable, "-m", "studies.bench", "--quick", "--cases", "infer1,train8",
+    proc = subprocess.run([sys.executable, "-m", "studies.bench", "--quick", "--cases", "infer1,train8,pack8", "--pack", "2",
                            "--rounds", "2", "--threads", "1", "--csv", str(csv), "--docs", str(docs)],
                           cwd=ROOT, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "80"})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     df = pd.read_csv(csv)
-    assert set(df["case"]) == {"infer", "train_step"}
-    assert set(df["candidate"]) == {"reference", "fast"}
+    assert set(df["case"]) == {"infer", "train_step", "pack"}
+    assert set(df["candidate"]) == {"reference", "fast", "packed_2"}
+    assert list(df[df["case"] == "pack"]["candidate"]) == ["reference", "packed_2"]
     assert (df["img_per_s"] > 0).all()
     ref = df[df["candidate"] == "reference"]
     assert (ref["ratio_vs_reference"] == 1.0).all()
     fast = df[df["candidate"] == "fast"]
+    assert (df[df["candidate"] == "packed_2"]["warnings"].str.contains("few_rounds")).all()
     # the fast path computes the reference's numbers: within 1e-4 of the logit scale (float32 round-off)
     assert (fast["max_abs_diff"] <= 1e-4 * fast["max_abs_logit"]).all()
     assert (fast["max_rel_grad_diff"] < 1e-3).all()

@@ -73,3 +73,19 @@ def test_registered_model_forward_backward_on_cuda(name):
     assert [n for n, p in model.named_parameters() if p.grad is None and n not in unused] == []
     cpu = copy.deepcopy(model).cpu()
     assert sum(p.numel() for p in cpu.parameters()) == sum(p.numel() for p in model.parameters())
+
+
+def test_packed_runs_on_cuda(tmp_path):
+    """engine.packed on the GPU (float32: the pack refuses AMP): complete records, path ``packed``."""
+    from engine.packed import run_packed
+    from engine.record import load_record
+    from engine.train import RunConfig
+
+    cfgs = [RunConfig(model="egeunet", dataset="synthetic", budget="smoke", seed=s, recipe={"amp": False})
+            for s in (0, 1)]
+    res = run_packed(cfgs, tmp_path, device="cuda", progress=False, profile=False)
+    assert [r.status for r in res] == ["done", "done"]
+    for r in res:
+        rec = load_record(r.record_dir)
+        assert rec.first_session.path == "packed" and rec.first_session.device_type == "cuda"
+        assert math.isfinite(rec.test_metrics["pooled_dsc"])

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from engine.checkpoint import ResumeRefused, resume_conflict
-from engine.packed import _packed_step, pack_problem, run_packed
+from engine.packed import PackedStep, pack_problem, run_packed
 from engine.record import load_record
 from engine.train import RunConfig, run_training
 from zoo.contract import as_seg_output, loss_weights_of
@@ -54,9 +54,7 @@ def test_one_packed_step_equals_each_runs_own_step():
     weights = loss_weights_of(models[0])
     x = torch.rand(len(SEEDS), 2, 3, 64, 64) * 255
     y = (torch.rand(len(SEEDS), 2, 1, 64, 64) > 0.5).float()
-    names = [n for n, _ in models[0].named_parameters()]
-    stacked = {n: torch.stack([dict(m.named_parameters())[n].detach() for m in models]) for n in names}
-    grads, losses = _packed_step(models[0], weights)(stacked, x, y)
+    grads, losses = PackedStep(models[0], weights).gradients(models, x, y)
     for k, m in enumerate(models):
         loss = model_loss(as_seg_output(m(x[k])), y[k], weights)
         loss.backward()
