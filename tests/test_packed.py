@@ -150,3 +150,44 @@ def test_what_cannot_be_packed():
     assert pack_problem(_cfgs()) is None
     with pytest.raises(ValueError, match="cannot pack"):
         run_packed(_cfgs("unet32"), "/nonexistent-never-created", progress=False)
+
+
+# ------------------------------------------------------------------------------ the local executor
+
+
+def _tasks(results, models=("egeunet",), seeds=SEEDS):
+    from studies.executors import RunTask
+
+    out = []
+    for m in models:
+        for s in seeds:
+            cfg = RunConfig(model=m, dataset="synthetic", budget="smoke", seed=s)
+            out.append(RunTask(config=cfg, config_hash=cfg.config_hash(), results_dir=str(results),
+                               label=f"{m} s{s}", threads=1))
+    return out
+
+
+def test_pack_groups_put_only_seeds_of_one_variant_together(tmp_path):
+    from studies.executors import pack_groups
+
+    tasks = _tasks(tmp_path, models=("egeunet", "egeunet_no_xy", "unet32"), seeds=(0, 1, 2))
+    groups = pack_groups(tasks, 2)
+    labels = [[t.label for t in g] for g in groups]
+    assert labels == [["egeunet s0", "egeunet s1"], ["egeunet s2"], ["egeunet_no_xy s0", "egeunet_no_xy s1"],
+                      ["egeunet_no_xy s2"], ["unet32 s0"], ["unet32 s1"], ["unet32 s2"]]
+
+
+def test_local_executor_packs_and_then_skips(packed_and_separate, tmp_path):
+    from studies.executors import get_executor
+
+    _, packed, _ = packed_and_separate
+    done = []
+    outs = get_executor("local", threads=1, pack=2).run(_tasks(tmp_path), on_done=done.append)
+    assert [o.status for o in outs] == ["done", "done"] and len(done) == 2
+    for o, ref in zip(outs, packed):  # the same packed computation as engine.packed.run_packed
+        pd.testing.assert_frame_equal(_history(load_record(o.record_dir)).drop(columns="seconds"),
+                                      _history(load_record(ref.record_dir)).drop(columns="seconds"))
+    again = get_executor("local", threads=1, pack=2).run(_tasks(tmp_path))
+    assert [o.status for o in again] == ["skipped", "skipped"]
+    with pytest.raises(ValueError, match="one worker"):
+        get_executor("local", workers=2, pack=2)

@@ -10,6 +10,10 @@ decides who trains a run when several runners share a results folder), so an exe
 * ``ray``: a Ray cluster (:mod:`studies.executors.ray_executor` and its ``ray_*`` parts, imported only
   when asked for).
 
+Packs (``--pack K``, local executor): :func:`pack_groups` puts the runs that differ only in their seed
+into packs of up to K, and :func:`execute_pack` claims and trains each pack as one
+(:func:`engine.packed.run_packed`) under the same claim policy.
+
 Contract for an executor class (``get_executor(name, **kw)`` builds it with ``workers=``, ``threads=``
 (total torch threads, None = all cores) and any further keywords; accept and ignore unknown ones):
 
@@ -154,6 +158,80 @@ def execute_task(task: RunTask, *, blocking: bool = False, progress: ProgressCal
         lock.release()
 
 
+def pack_groups(tasks: list[RunTask], k: int) -> list[list[RunTask]]:
+    """``tasks`` in packs of at most ``k`` runs that differ only in their seed (:mod:`engine.packed`), in
+    task order of each pack's first run; a run that cannot be packed (e.g. BatchNorm) is a pack of one."""
+    from engine.packed import pack_problem, same_architecture
+
+    groups: list[list[RunTask]] = []
+    for t in tasks:
+        for g in groups:
+            if len(g) < k and same_architecture(g[0].config, t.config) and g[0].device == t.device \
+                    and pack_problem([x.config for x in (*g, t)], t.device) is None:
+                g.append(t)
+                break
+        else:
+            groups.append([t])
+    return groups
+
+
+def execute_pack(tasks: list[RunTask], *, blocking: bool = False, progress: ProgressCallback | None = None,
+                 on_start: StartCallback | None = None) -> list[RunOutcome]:
+    """Claim each task (:func:`claim_run`) and train the claimed ones together with
+    :func:`engine.packed.run_packed`; one outcome per task, in order (``busy`` for runs another runner holds).
+    A single claimed task that cannot be packed runs alone, as :func:`execute_task` would run it."""
+    from engine.packed import pack_problem
+
+    outcomes: dict[str, RunOutcome] = {}
+    claimed: list[tuple[RunTask, store.RunLock]] = []
+    for t in tasks:
+        out, lock, _ = claim_run(t, blocking)
+        if out is not None:
+            outcomes[t.config_hash] = out
+        else:
+            assert lock is not None
+            claimed.append((t, lock))
+    try:
+        if claimed:
+            for t, _ in claimed:
+                if on_start:
+                    on_start(t)
+            group = [t for t, _ in claimed]
+            if len(group) == 1 and pack_problem([group[0].config], group[0].device) is not None:
+                outcomes[group[0].config_hash] = _train(group[0], progress)
+            else:
+                outcomes.update(_train_pack(group, progress))
+    finally:
+        for _, lock in claimed:
+            lock.release()
+    return [outcomes[t.config_hash] for t in tasks]
+
+
+def _failed(task: RunTask, e: BaseException, t0: float) -> RunOutcome:
+    tb = traceback.extract_tb(e.__traceback__)
+    where = f" at {tb[-1].filename.rsplit('/', 1)[-1]}:{tb[-1].lineno}" if tb else ""
+    return RunOutcome(task.config_hash, task.label, "failed", f"{type(e).__name__}: {e}{where}",
+                      wall_s=time.time() - t0, record_dir=str(store.run_dir(task.results_dir, task.config_hash)))
+
+
+def _train_pack(group: list[RunTask], progress: ProgressCallback | None) -> dict[str, RunOutcome]:
+    from engine.packed import run_packed
+
+    t0 = time.time()
+    first = group[0]
+    try:
+        results = run_packed([t.config for t in group], first.results_dir, data_root=first.data_root,
+                             device=first.device, threads=first.threads,
+                             progress=progress if progress is not None else False,
+                             restart=any(t.restart for t in group))
+    except Exception as e:  # noqa: BLE001 - one failed pack must not stop the suite
+        return {t.config_hash: _failed(t, e, t0) for t in group}
+    wall = (time.time() - t0) / len(group)
+    return {t.config_hash: RunOutcome(t.config_hash, t.label, "done" if r.status == "done" else "failed",
+                                      r.reason, wall_s=wall, record_dir=str(r.record_dir))
+            for t, r in zip(group, results)}
+
+
 def _train(task: RunTask, progress: ProgressCallback | None) -> RunOutcome:
     from engine.train import run_training
 
@@ -170,11 +248,7 @@ def _train(task: RunTask, progress: ProgressCallback | None) -> RunOutcome:
             restart=task.restart,
         )
     except Exception as e:  # noqa: BLE001 - one failed run must not stop the suite
-        tb = traceback.extract_tb(e.__traceback__)
-        where = f" at {tb[-1].filename.rsplit('/', 1)[-1]}:{tb[-1].lineno}" if tb else ""
-        return RunOutcome(task.config_hash, task.label, "failed", f"{type(e).__name__}: {e}{where}",
-                          wall_s=time.time() - t0,
-                          record_dir=str(store.run_dir(task.results_dir, task.config_hash)))
+        return _failed(task, e, t0)
     status = "done" if res.status == "done" else "failed"
     return RunOutcome(task.config_hash, task.label, status, getattr(res, "reason", None),
                       wall_s=time.time() - t0, record_dir=str(getattr(res, "record_dir", "") or ""))

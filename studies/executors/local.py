@@ -22,7 +22,9 @@ from studies.executors import (
     RunOutcome,
     RunTask,
     StartCallback,
+    execute_pack,
     execute_task,
+    pack_groups,
 )
 
 
@@ -36,10 +38,15 @@ def default_threads() -> int:
 class LocalExecutor:
     name = "local"
 
-    def __init__(self, workers: int = 1, threads: int | None = None, **_: object):
+    def __init__(self, workers: int = 1, threads: int | None = None, pack: int = 1, **_: object):
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
+        if pack < 1:
+            raise ValueError(f"pack must be >= 1, got {pack}")
+        if pack > 1 and workers > 1:
+            raise ValueError("packs run in this process: use --pack with one worker")
         self.workers = workers
+        self.pack = pack
         self.total_threads = threads or default_threads()
         self.threads_per_worker = max(1, self.total_threads // workers)
 
@@ -52,6 +59,8 @@ class LocalExecutor:
         on_progress: ProgressCallback | None = None,
     ) -> list[RunOutcome]:
         tasks = [replace(t, threads=t.threads or self.threads_per_worker) for t in tasks]
+        if self.pack > 1:
+            return self._run_packs(tasks, on_start, on_done, on_progress)
         if self.workers == 1:
             return self._run_inline(tasks, on_start, on_done, on_progress)
         return self._run_pool(tasks, on_start, on_done)
@@ -80,6 +89,32 @@ class LocalExecutor:
         deferred = [t for t in tasks if not one(t, False)]
         for t in deferred:
             one(t, True)
+        return [results[t.config_hash] for t in tasks]
+
+    # -- packs of K runs, in this process -----------------------------------------------------------------
+
+    def _run_packs(self, tasks, on_start, on_done, on_progress) -> list[RunOutcome]:
+        import torch
+
+        torch.set_num_threads(self.threads_per_worker)
+        results: dict[str, RunOutcome] = {}
+
+        def one(group: list[RunTask], blocking: bool) -> list[RunTask]:
+            """Train what can be claimed of ``group``; returns the tasks another runner holds."""
+            progress = (lambda *a, _t=group[0], **k: on_progress(_t, *a, **k)) if on_progress else None
+            busy = []
+            for t, out in zip(group, execute_pack(group, blocking=blocking, progress=progress, on_start=on_start)):
+                if out.status == "busy":
+                    busy.append(t)
+                    continue
+                results[t.config_hash] = out
+                if on_done:
+                    on_done(out)
+            return busy
+
+        deferred = [t for g in pack_groups(tasks, self.pack) for t in one(g, False)]
+        for g in pack_groups(deferred, self.pack):
+            one(g, True)
         return [results[t.config_hash] for t in tasks]
 
     # -- N workers: a process pool ----------------------------------------------------------------------
