@@ -24,7 +24,7 @@ from torch import nn
 from engine.env import capture_rng, restore_rng
 from engine.fastview import uses_fast_path
 from engine.numerics import precision_mode, resume_key
-from engine.record import atomic_torch_save, read_json_or_empty, read_status, record_dir_for
+from engine.record import RecordError, atomic_torch_save, load_record, read_status, record_dir_for
 
 if TYPE_CHECKING:
     from engine.config import RunConfig
@@ -130,8 +130,9 @@ def resume_conflict(cfg: "RunConfig", results_dir: str | os.PathLike, *, device:
     """Why the unfinished record of ``cfg`` (data resolved) cannot resume here, or None.
 
     The session that started the run (``env.json`` ``sessions[0]``) fixes the device type, precision mode,
-    numerics version and path; any difference, a record from before these were recorded, or an unreadable
-    ``latest.pt`` is a conflict. A finished or absent record has none.
+    numerics version and path (:attr:`engine.record.RunRecord.started_resume_key`); any difference, a record
+    from before these were recorded, an unreadable ``latest.pt`` or record file is a conflict. A finished or
+    absent record has none.
     """
     rdir = record_dir_for(results_dir, cfg.config_hash())
     if read_status(rdir) is not None or not rdir.exists():
@@ -144,11 +145,13 @@ def resume_conflict(cfg: "RunConfig", results_dir: str | os.PathLike, *, device:
     except Exception as e:  # noqa: BLE001 - any unreadable checkpoint
         return (f"run {rdir.name}: checkpoint {latest} cannot be read ({type(e).__name__}); "
                 f"rerun with --restart to start this run over")
-    sessions = read_json_or_empty(rdir / "env.json").get("sessions") or []
-    first = sessions[0] if sessions and isinstance(sessions[0], dict) else {}
+    try:
+        started = load_record(rdir).started_resume_key
+    except RecordError as e:
+        return f"run {rdir.name}: {e}"
     want = resume_key(device, precision_mode(device, cfg.resolved_recipe().amp),
                       uses_fast_path(cfg.model, device, fast), path="packed" if packed else None)
-    diffs = [f"{k} {first.get(k)!r} -> {v!r}" for k, v in want.items() if first.get(k) != v]
+    diffs = [f"{k} {started.get(k)!r} -> {v!r}" for k, v in want.items() if started.get(k) != v]
     if not diffs:
         return None
     return (f"run {rdir.name} ({cfg.model} seed {cfg.seed}) started with other numerics: {'; '.join(diffs)}; "

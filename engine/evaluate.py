@@ -19,8 +19,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
@@ -29,6 +28,9 @@ from torch import nn
 from zoo.contract import as_seg_output, loss_weights_of
 from engine.losses import model_loss
 from engine.metrics import confusion_counts, per_image_metrics, summarize
+
+if TYPE_CHECKING:
+    from engine.record import RunRecord
 
 __all__ = ["EvalResult", "evaluate", "selection_info", "is_better", "evaluate_checkpoint", "parse_eval_target",
            "eval_target_key", "load_model", "METRIC_CONVENTIONS", "PER_IMAGE_COLUMNS"]
@@ -151,17 +153,30 @@ def parse_eval_target(target: str) -> tuple[str, str]:
 
 def load_model(record_dir: str | os.PathLike, checkpoint: str = "best", map_location: str | torch.device = "cpu"
                ) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a stored run's model from ``config.json`` and load ``checkpoints/<checkpoint>.pt``."""
-    from zoo.registry import create_model
-    from engine.record import read_json
+    """Rebuild a stored run's model from its config and load ``checkpoints/<checkpoint>.pt``; returns the
+    model and the run's config (the dict of :attr:`engine.record.RunRecord.config`)."""
+    record = _load_config_record(record_dir)
+    return _restore_model(record, checkpoint, map_location), record.config
 
-    d = Path(record_dir)
-    cfg = read_json(d / "config.json")
-    model = create_model(cfg["model"], **cfg.get("model_overrides", {}))
-    state = torch.load(d / "checkpoints" / f"{checkpoint}.pt", map_location=map_location, weights_only=True)
+
+def _load_config_record(record_dir: str | os.PathLike) -> "RunRecord":
+    from engine.record import load_record
+
+    record = load_record(record_dir)
+    if record.config is None:
+        raise FileNotFoundError(f"no run config in {record.record_dir}")
+    return record
+
+
+def _restore_model(record: "RunRecord", checkpoint: str, map_location: str | torch.device) -> nn.Module:
+    from zoo.registry import create_model
+
+    model = create_model(record.model, **record.model_overrides)
+    path = record.record_dir / "checkpoints" / f"{checkpoint}.pt"
+    state = torch.load(path, map_location=map_location, weights_only=True)
     model.load_state_dict(state["model"])
     model.eval()
-    return model, cfg
+    return model
 
 
 def evaluate_checkpoint(record_dir: str | os.PathLike, dataset: str | None = None, split: str = "test", *,
@@ -175,12 +190,13 @@ def evaluate_checkpoint(record_dir: str | os.PathLike, dataset: str | None = Non
     """
     from engine.data import check_eval_allowed, load_split
 
-    model, cfg = load_model(record_dir, checkpoint)
-    dataset = (dataset or cfg["dataset"]).lower()
-    train_protocol = cfg["protocol"]
-    protocol = protocol or (train_protocol if dataset == cfg["dataset"] else "clean")
-    check_eval_allowed(cfg["dataset"], dataset, split, train_protocol=train_protocol, eval_protocol=protocol)
-    data = load_split(dataset, split, protocol=protocol, size=size or cfg["recipe"]["size"], root=data_root,
+    record = _load_config_record(record_dir)
+    model = _restore_model(record, checkpoint, "cpu")
+    dataset = (dataset or record.dataset).lower()
+    train_protocol = record.protocol
+    protocol = protocol or (train_protocol if dataset == record.dataset else "clean")
+    check_eval_allowed(record.dataset, dataset, split, train_protocol=train_protocol, eval_protocol=protocol)
+    data = load_split(dataset, split, protocol=protocol, size=size or record.recipe_size, root=data_root,
                       cache_dir=cache_dir)
     model.to(device)
     return evaluate(model, data, device=device, batch_size=batch_size)

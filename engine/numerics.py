@@ -68,6 +68,7 @@ def _weights_summary(state: dict[str, torch.Tensor]) -> dict[str, Any]:
 
 def golden_fingerprint(fast: bool) -> dict[str, Any]:
     """Train the golden configuration (EGE-UNet, synthetic smoke budget, seed 0, 1 thread) on one path."""
+    from engine.record import load_record
     from engine.train import RunConfig, run_training
 
     cfg = RunConfig(model="egeunet", dataset="synthetic", budget="smoke", seed=0)
@@ -75,9 +76,7 @@ def golden_fingerprint(fast: bool) -> dict[str, Any]:
         res = run_training(cfg, tmp, threads=1, progress=False, profile=False, fast=fast)
         if res.status != "done":
             raise RuntimeError(f"golden run failed: {res.reason}")
-        hist = (res.record_dir / "history.csv").read_text().splitlines()
-        header = hist[0].split(",")
-        rows = [dict(zip(header, line.split(","))) for line in hist[1:]]
+        rows = load_record(res.record_dir).history
         state = torch.load(res.record_dir / "checkpoints" / "latest.pt", map_location="cpu",
                            weights_only=True)["model"]
     return {

@@ -38,7 +38,7 @@ from engine.config import RunConfig
 from engine.env import runtime
 from engine.losses import model_loss
 from engine.progress import EpochProgress
-from engine.record import read_json_or_empty, read_status, record_dir_for
+from engine.record import read_metrics, read_status, record_dir_for
 from engine.train import RunFailed, RunResult, _Run, _resolve_data
 
 __all__ = ["PackedStep", "pack_problem", "run_packed", "same_architecture"]
@@ -219,7 +219,7 @@ def run_packed(cfgs: list[RunConfig], results_dir: str | os.PathLike, *, data_ro
         rdir = record_dir_for(results_dir, chash)
         status = read_status(rdir)
         if status is not None:
-            results[chash] = RunResult(status["status"], rdir, read_json_or_empty(rdir / "metrics.json"),
+            results[chash] = RunResult(status["status"], rdir, read_metrics(rdir),
                                        status.get("reason"), chash, reused=True)
             continue
         if rdir.exists() and not restart:

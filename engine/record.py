@@ -33,8 +33,9 @@ import torch
 
 __all__ = [
     "STATUS_FILE", "FINISHED_STATUSES", "record_dir_for", "atomic_write", "atomic_write_bytes", "atomic_write_text",
-    "atomic_write_json", "atomic_write_csv", "atomic_torch_save", "read_json", "read_json_or_empty", "write_status",
-    "read_status", "is_finished", "load_record", "RunRecord", "Session", "RecordError", "RECORD_SCHEMA", "jsonable",
+    "atomic_write_json", "atomic_write_csv", "atomic_torch_save", "read_json", "read_json_or_empty", "read_metrics",
+    "write_status", "read_status", "is_finished", "load_record", "RunRecord", "Session", "RecordError", "RECORD_SCHEMA",
+    "RESUME_KEY_FIELDS", "jsonable",
 ]
 
 STATUS_FILE = "status.json"
@@ -152,6 +153,11 @@ def read_json_or_empty(path: str | os.PathLike) -> dict[str, Any]:
         return {}
 
 
+def read_metrics(record_dir: str | os.PathLike) -> dict[str, Any]:
+    """The record's ``metrics.json`` as written; ``{}`` when it is missing or unreadable."""
+    return read_json_or_empty(Path(record_dir) / "metrics.json")
+
+
 # ------------------------------------------------------------------------------ status
 def write_status(record_dir: str | os.PathLike, status: str, reason: str | None = None, **extra: Any) -> None:
     """Write ``status.json``; call it only after every other file of the record is complete."""
@@ -181,6 +187,8 @@ def is_finished(record_dir: str | os.PathLike) -> bool:
 # ------------------------------------------------------------------------------ loading
 #: record layout version, written into status.json; records without it are version 1 (loaded with fallbacks)
 RECORD_SCHEMA = 2
+#: what a resumed session must share with the first one (the keys of ``engine.numerics.resume_key``)
+RESUME_KEY_FIELDS = ("device_type", "precision", "numerics_version", "path")
 
 
 class RecordError(ValueError):
@@ -268,8 +276,17 @@ class RunRecord:
         return (self.config or {}).get("model")
 
     @property
+    def model_overrides(self) -> dict[str, Any]:
+        """The model constructor's keyword arguments (``{}`` for none, and for records that predate them)."""
+        return dict((self.config or {}).get("model_overrides") or {})
+
+    @property
     def dataset(self) -> str | None:
         return (self.config or {}).get("dataset")
+
+    @property
+    def protocol(self) -> str | None:
+        return (self.config or {}).get("protocol")
 
     @property
     def seed(self) -> int | None:
@@ -284,6 +301,11 @@ class RunRecord:
     def recipe_epochs(self) -> int | None:
         return ((self.config or {}).get("recipe") or {}).get("epochs")
 
+    @property
+    def recipe_size(self) -> int | None:
+        """The training (and evaluation) image size of the run's recipe."""
+        return ((self.config or {}).get("recipe") or {}).get("size")
+
     # -- where and on what it ran
     @property
     def sessions(self) -> list[Session]:
@@ -293,6 +315,15 @@ class RunRecord:
     def first_session(self) -> Session | None:
         sessions = self.sessions
         return sessions[0] if sessions else None
+
+    @property
+    def started_resume_key(self) -> dict[str, Any]:
+        """The resume key (device type, precision, numerics version, path) as the session that started the
+        run wrote it, without the fallbacks of :class:`Session`: a field the record predates is None, so
+        that :func:`engine.checkpoint.resume_conflict` refuses to resume such a record."""
+        sessions = (self.env or {}).get("sessions") or []
+        first = sessions[0] if sessions and isinstance(sessions[0], dict) else {}
+        return {k: first.get(k) for k in RESUME_KEY_FIELDS}
 
     @property
     def numerics_version(self) -> int | None:

@@ -61,7 +61,8 @@ from engine.metrics import SUMMARY_KEYS
 from engine.numerics import precision_mode, resume_key
 from engine.progress import EpochProgress
 from engine.record import (
-    atomic_write_csv, atomic_write_json, read_json, read_json_or_empty, read_status, record_dir_for, write_status,
+    atomic_write_csv, atomic_write_json, read_json, read_json_or_empty, read_metrics, read_status, record_dir_for,
+    write_status,
 )
 
 __all__ = [
@@ -118,7 +119,7 @@ def run_training(cfg: RunConfig, results_dir: str | os.PathLike, *, data_root: s
     rdir = record_dir_for(results_dir, chash)
     status = read_status(rdir)
     if status is not None and not overwrite:
-        metrics = read_json_or_empty(rdir / "metrics.json")
+        metrics = read_metrics(rdir)
         return RunResult(status["status"], rdir, metrics, status.get("reason"), chash, reused=True)
     if overwrite and rdir.exists():
         shutil.rmtree(rdir)
@@ -428,7 +429,7 @@ class _Run:
         atomic_write_json(self.rdir / "complexity.json", complexity)
         atomic_write_json(self.rdir / "metrics.json", metrics)
         write_status(self.rdir, "done", None, wall_s=metrics["wall_s"])
-        return RunResult("done", self.rdir, read_json_or_empty(self.rdir / "metrics.json"), None, self.chash,
+        return RunResult("done", self.rdir, read_metrics(self.rdir), None, self.chash,
                          resumed_from_epoch=self.resumed_from)
 
     def _complexity(self) -> dict[str, Any]:

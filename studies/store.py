@@ -30,7 +30,8 @@ from typing import Any, Iterable
 import pandas as pd
 from filelock import FileLock, Timeout
 
-from engine.record import atomic_write, atomic_write_text
+from engine.record import STATUS_FILE, atomic_write, atomic_write_text
+from engine.record import read_status as read_record_status
 from studies.suites import BUDGETS, RunSpec, Suite, get_suite, variant_key
 
 METRIC_COLUMNS = (
@@ -133,16 +134,16 @@ class RecordStatus:
 
 
 def read_status(record: Path) -> RecordStatus | None:
-    """The record's ``status.json``, or None while the run is unfinished (or never started)."""
-    p = Path(record) / "status.json"
+    """The record's status (:func:`engine.record.read_status`) with the time it was written, or None while
+    the run is unfinished (or never started)."""
     try:
-        st = p.stat()
-        data = json.loads(p.read_text())
-    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError, UnicodeDecodeError, OSError):
+        mtime = (Path(record) / STATUS_FILE).stat().st_mtime
+        data = read_record_status(record)
+    except OSError:  # unreadable: as an absent status, an unfinished record
         return None
-    if not isinstance(data, dict) or data.get("status") not in ("done", "failed"):
-        return None  # as engine.record.read_status: anything else is an unfinished record
-    return RecordStatus(str(data["status"]), data.get("reason"), st.st_mtime)
+    if data is None:
+        return None
+    return RecordStatus(str(data["status"]), data.get("reason"), mtime)
 
 
 def is_done(record: Path) -> bool:
