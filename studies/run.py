@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -36,6 +37,7 @@ from studies.suites import (
     PROTOCOLS,
     SUITES,
     RunSpec,
+    Suite,
     SuiteError,
     check_models_registered,
     expand,
@@ -440,12 +442,51 @@ def _data_failures(outcomes: list[Any]) -> list[Any]:
     return [o for o in outcomes if o.status == "failed" and DATA_ERROR in (o.reason or "")]
 
 
-def _run(args: argparse.Namespace, console: Console) -> int:
-    from studies.executors import ExecutorError, RunTask, get_executor
+@dataclass
+class _Plan:
+    """What an invocation will run: the suite's run specs at the chosen budget, their configs and hashes."""
 
+    suite: Suite
+    budget: str
+    results: str
+    datasets: list[str]
+    data_root: str | None
+    missing_data: list[str]  # datasets replaced by synthetic data
+    specs: list[RunSpec]
+    configs: list[Any]
+    hashes: list[str]
+
+    @property
+    def specs_by_hash(self) -> dict[str, RunSpec]:
+        return dict(zip(self.hashes, self.specs))
+
+    @property
+    def synthetic(self) -> bool:
+        return any(s.dataset == "synthetic" for s in self.specs)
+
+
+def _run(args: argparse.Namespace, console: Console) -> int:
     session_start = time.time()
-    suite = get_suite(args.suite)
-    budget = args.budget or suite.budget
+    plan = _plan(args)
+    if plan.synthetic:
+        _synthetic_banner(console, plan.missing_data)
+    if args.dry_run:
+        return _dry_run(console if args.format != "table" else _cli.console(), plan.suite.name, plan.specs,
+                        plan.hashes, plan.results, args.retry_failed, args.format)
+    if not args.restart:
+        _refuse_conflicts(plan.configs, plan.results, args)
+    executor = _make_executor(args, plan.budget)
+    _prepare_results(console, plan)
+    tasks = _make_tasks(args, plan, session_start)
+    _announce(console, args, plan, tasks)
+    outcomes = _execute(console, executor, tasks, plan)
+    if outcomes is None:
+        return 130
+    return _summarise(console, args, plan, outcomes)
+
+
+def _check_args(args: argparse.Namespace, budget: str) -> None:
+    """Exit 2 on a budget, protocol, executor, worker or thread count that cannot be."""
     _check_choice("budget", budget, BUDGETS)
     _check_choice("protocol", args.protocol, PROTOCOLS)
     from studies.executors import EXECUTORS
@@ -455,6 +496,14 @@ def _run(args: argparse.Namespace, console: Console) -> int:
         raise UsageError(f"--workers must be >= 1, got {args.workers}")
     if args.threads is not None and args.threads < 1:
         raise UsageError(f"--threads must be >= 1, got {args.threads}")
+
+
+def _plan(args: argparse.Namespace) -> _Plan:
+    """Validate the command line and expand the suite into run specs, configs and config hashes (nothing is
+    written; bad names, arguments, data or models exit 2 here)."""
+    suite = get_suite(args.suite)
+    budget = args.budget or suite.budget
+    _check_args(args, budget)
     results = str(_cli.check_output_dir(args.results or default_results(budget), "--results"))
     seeds = _seed_list(args)
     variants = split_variants(args.variants) if args.variants else None
@@ -466,56 +515,69 @@ def _run(args: argparse.Namespace, console: Console) -> int:
     check_models_registered(specs)  # outside models: imported, built and checked against the contract
     if not args.dry_run and args.executor != "ray":  # a Ray driver need not have the workers' GPUs
         _check_device(args.device)
-
     fingerprints: dict[tuple[str, str], str] = {}
     configs = [store.make_config(s, root, fingerprints) for s in specs]
-    hashes = [store.config_hash(c) for c in configs]
-    specs_by_hash = dict(zip(hashes, specs))
-    synthetic = any(s.dataset == "synthetic" for s in specs)
-    if synthetic:
-        _synthetic_banner(console, notes)
+    return _Plan(suite=suite, budget=budget, results=results, datasets=datasets, data_root=root,
+                 missing_data=notes, specs=specs, configs=configs, hashes=[store.config_hash(c) for c in configs])
 
-    if args.dry_run:
-        return _dry_run(console if args.format != "table" else _cli.console(), suite.name, specs, hashes, results,
-                        args.retry_failed, args.format)
 
-    if not args.restart:
-        _refuse_conflicts(configs, results, args)
+def _make_executor(args: argparse.Namespace, budget: str) -> Any:
+    """The executor named by ``--executor``; its own refusals (e.g. Ray not installed) exit 2."""
+    from studies.executors import ExecutorError, get_executor
+
     threads = args.threads or (args.workers if budget == "smoke" else None)
     try:
         if args.executor == "ray":
-            executor = get_executor("ray", workers=args.workers, threads=args.threads, address=args.ray_address,
-                                    cpus_per_run=args.ray_cpus_per_run, gpus_per_run=args.ray_gpus_per_run,
-                                    max_retries=args.ray_max_retries, shared_dir=args.ray_shared_dir,
-                                    ship_code=args.ray_ship_code)
-        else:
-            executor = get_executor(args.executor, workers=args.workers, threads=threads)
+            return get_executor("ray", workers=args.workers, threads=args.threads, address=args.ray_address,
+                                cpus_per_run=args.ray_cpus_per_run, gpus_per_run=args.ray_gpus_per_run,
+                                max_retries=args.ray_max_retries, shared_dir=args.ray_shared_dir,
+                                ship_code=args.ray_ship_code)
+        return get_executor(args.executor, workers=args.workers, threads=threads)
     except (ExecutorError, ValueError) as e:
         raise UsageError(str(e)) from None
 
+
+def _prepare_results(console: Console, plan: _Plan) -> None:
+    """Create the results folder, remove killed writers' temporaries and add the runs to the suite's manifest."""
     try:
-        Path(results).mkdir(parents=True, exist_ok=True)
+        Path(plan.results).mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise UsageError(f"--results {results}: cannot create the folder ({e.strerror or e})") from None
-    _clean_stale(console, results)
-    store.add_to_manifest(results, suite.name, [
+        raise UsageError(f"--results {plan.results}: cannot create the folder ({e.strerror or e})") from None
+    _clean_stale(console, plan.results)
+    store.add_to_manifest(plan.results, plan.suite.name, [
         store.ManifestEntry(h, s.model, s.dataset, s.protocol, s.budget, s.seed, s.overrides)
-        for s, h in zip(specs, hashes)
+        for s, h in zip(plan.specs, plan.hashes)
     ])
-    tasks = [
-        RunTask(config=c, config_hash=h, results_dir=str(results), label=_label(s), data_root=root,
+
+
+def _make_tasks(args: argparse.Namespace, plan: _Plan, session_start: float) -> list[Any]:
+    from studies.executors import RunTask
+
+    return [
+        RunTask(config=c, config_hash=h, results_dir=str(plan.results), label=_label(s), data_root=plan.data_root,
                 device=args.device, session_start=session_start, retry_failed=args.retry_failed, fast=args.fast,
                 restart=args.restart)
-        for s, c, h in zip(specs, configs, hashes)
+        for s, c, h in zip(plan.specs, plan.configs, plan.hashes)
     ]
-    already = sum(store.is_done(store.run_dir(results, h)) for h in hashes)
+
+
+def _announce(console: Console, args: argparse.Namespace, plan: _Plan, tasks: list[Any]) -> None:
+    """One line: what runs, how many are done already, and where the results go."""
+    suite = plan.suite
+    already = sum(store.is_done(store.run_dir(plan.results, h)) for h in plan.hashes)
     console.print(
-        f"suite [bold]{suite.name}[/]: {len(tasks)} runs ({already} already done), budget {budget}, "
-        f"protocol {args.protocol}, datasets {', '.join(datasets)}, {seeds_text([s.seed for s in specs])}, "
-        f"executor {args.executor} x{args.workers}, results in {results}/"
+        f"suite [bold]{suite.name}[/]: {len(tasks)} runs ({already} already done), budget {plan.budget}, "
+        f"protocol {args.protocol}, datasets {', '.join(plan.datasets)}, "
+        f"{seeds_text([s.seed for s in plan.specs])}, "
+        f"executor {args.executor} x{args.workers}, results in {plan.results}/"
         + (f", reference {suite.label(suite.reference)}" if suite.reference else "")
     )
 
+
+def _execute(console: Console, executor: Any, tasks: list[Any], plan: _Plan) -> list[Any] | None:
+    """Run the tasks under a progress bar, one line per finished run, the table rewritten at most every 15 s;
+    the outcomes, or None when interrupted (Ctrl-C: the table is written, finished runs are kept)."""
+    results, suite = plan.results, plan.suite
     last_write = [time.monotonic()]
 
     def refresh_table(force: bool = False) -> None:
@@ -557,17 +619,23 @@ def _run(args: argparse.Namespace, console: Console) -> int:
             progress.stop()
             store.write_table(results, suite)
             console.print("[bold red]interrupted[/]: finished runs are kept; run the same command to continue")
-            return 130
+            return None
+    return outcomes
 
-    if args.latency if args.latency is not None else budget != "smoke":
+
+def _summarise(console: Console, args: argparse.Namespace, plan: _Plan, outcomes: list[Any]) -> int:
+    """Latencies (unless off), the suite's table, the summary table; the exit status: 0 all done, 1 a run
+    failed, 2 a run failed for bad data."""
+    specs_by_hash = plan.specs_by_hash
+    if args.latency if args.latency is not None else plan.budget != "smoke":
         try:
-            _measure_latencies(console, results, outcomes, specs_by_hash, args.threads or 1)
+            _measure_latencies(console, plan.results, outcomes, specs_by_hash, args.threads or 1)
         except KeyboardInterrupt:
             console.print("[yellow]latency measurement interrupted[/]")
-    df, path = store.write_table(results, suite)
+    df, path = store.write_table(plan.results, plan.suite)
     counts = _summary(console if args.format != "table" else _cli.console(), outcomes, specs_by_hash, args.format)
     console.print(f"table: {path} ({len(df)} rows) and {path.with_suffix('.parquet')}")
-    if synthetic:
+    if plan.synthetic:
         console.print("[bold yellow on red] NOTE: SYNTHETIC DATA in this suite's runs: not skin-lesion results [/]")
     bad_data = _data_failures(outcomes)
     if bad_data:
