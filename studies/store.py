@@ -2,16 +2,19 @@
 
 Layout under a results folder (default ``results/``)::
 
-    runs/<config_hash>/      the engine's run record (shared by every suite; status.json written last)
-    locks/<config_hash>.lock held (filelock) by whichever runner is executing that run
+    runs/<config_hash>/      the engine's run record (shared by every suite; status.json written last),
+                             read through engine.record
+    locks/<config_hash>.lock held by whichever runner is executing that run (RunLock)
     profiles/<model>-256.json CPU latency of a model (measured once per results folder)
     runs_failed/<hash>-<t>/  records of failed runs moved aside before a retry
     <suite>/manifest.jsonl   every run ever requested under that suite (one line per config hash)
     <suite>/results.csv      one row per finished run of the manifest, rebuilt from the run records
     <suite>/results.parquet  the same table
 
-Locks live outside the record folders so that the engine may create, clean or replace a record
-without touching a lock in use. ``flock`` locks belong to the open file: the OS drops them when the
+Every lock is a :func:`file_lock`, a ``filelock.FileLock``: run locks, manifest and table writes
+(``<suite>/.manifest.lock``, ``<suite>/.table.lock``) and latency measurement (``profiles/*.lock``).
+Run locks live outside the record folders so that the engine may create, clean or replace a record
+without touching a lock in use. The lock is the OS's, held by the open file: the OS drops it when the
 holder dies, even by SIGKILL, so a killed runner never leaves a stale lock behind.
 """
 

@@ -1,18 +1,20 @@
 """Executors: where the runs of a suite execute.
 
 An executor takes a list of :class:`RunTask` and returns one :class:`RunOutcome` per task, calling the
-callbacks as runs start and finish. Every executor runs each task through :func:`execute_task`, which
-owns the exactly-once logic (finished runs are skipped; a per-run lock, :class:`studies.store.RunLock`,
-decides who trains a run when several runners share a results folder), so an executor only decides
-*where* tasks execute.
+callbacks as runs start and finish. Who trains a run is one policy, :func:`claim_run`, shared by every
+executor (finished runs are skipped; a per-run lock, :class:`studies.store.RunLock`, decides who trains
+a run when several runners share a results folder; failed runs are reported unless retried): the local
+executor applies it through :func:`execute_task` / :func:`execute_pack`, the Ray executor's driver
+before it submits a run. So an executor only decides *where* tasks execute.
 
 * ``local``: this machine, one or more worker processes (:mod:`studies.executors.local`).
 * ``ray``: a Ray cluster (:mod:`studies.executors.ray_executor` and its ``ray_*`` parts, imported only
   when asked for).
 
-Packs (``--pack K``, local executor): :func:`pack_groups` puts the runs that differ only in their seed
-into packs of up to K, and :func:`execute_pack` claims and trains each pack as one
-(:func:`engine.packed.run_packed`) under the same claim policy.
+Packs (the local executor's ``pack=K``; ``python -m studies.run`` has no option for it):
+:func:`pack_groups` puts the runs that differ only in their seed into packs of up to K, and
+:func:`execute_pack` claims and trains each pack as one (:func:`engine.packed.run_packed`) under the
+same claim policy.
 
 Contract for an executor class (``get_executor(name, **kw)`` builds it with ``workers=``, ``threads=``
 (total torch threads, None = all cores) and any further keywords; accept and ignore unknown ones):
@@ -21,9 +23,10 @@ Contract for an executor class (``get_executor(name, **kw)`` builds it with ``wo
   per task in task order, never ``busy``; ``on_start(task)`` / ``on_done(outcome)`` are called in the
   calling process; ``on_progress(task, **epoch_info)`` is optional (per-epoch information).
 * execute each task with ``execute_task(task, blocking=False)`` where the results folder is visible
-  (shared file system whose file locks work across the machines that share it); an outcome ``busy``
-  means another runner holds the run: submit it again later, with ``blocking=True`` once nothing
-  else is left, and report the outcome of that attempt.
+  (shared file system whose file locks work across the machines that share it), or claim it with
+  ``claim_run(task)`` and train it elsewhere while holding the returned lock (the Ray executor); an
+  outcome ``busy`` means another runner holds the run: submit it again later, with ``blocking=True``
+  once nothing else is left, and report the outcome of that attempt.
 * catch worker loss and report the affected tasks as ``failed`` (their records stay unfinished and are
   resumed by the next invocation).
 """

@@ -2,7 +2,8 @@
 
 The torch threads of the machine are split among the workers (``threads // workers`` each, at least
 1). Runs another runner holds are deferred to the end of the queue and then waited for, so two runners
-on one results folder share the work and each run is trained exactly once.
+on one results folder share the work and each run is trained exactly once. With ``pack=K`` (one worker)
+the seeds of one variant are trained together in this process, K at a time (:func:`engine.packed.run_packed`).
 """
 
 from __future__ import annotations
