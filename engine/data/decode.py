@@ -18,7 +18,7 @@ Rules (each violation is a :class:`DataError` naming the file and what to do, or
   low-pass filters when shrinking), masks **nearest** after thresholding, so they stay binary (the ``clean``
   protocol's rule; the official code resizes masks bilinearly into soft targets, which is not reproduced).
   Large JPEGs are decoded with PIL's DCT-domain ``draft`` reduction to no less than twice the target size first
-  (speed; a no-op for the 256-pixel copies under shared/data).
+  (speed; a no-op for the 256-pixel copies this project was developed on, docs/protocol.md §2.2).
 """
 
 from __future__ import annotations
