@@ -5,7 +5,7 @@ a failed build, or ``EGEUNET_FAST_EXT=0`` in the environment. The fast path then
 pure-PyTorch kernels (same numbers to float32 round-off, slower). The build is cached under
 ``torch.utils.cpp_extension``'s folder (``TORCH_EXTENSIONS_DIR``, default
 ``~/.cache/torch_extensions``) by a hash of the source, flags, torch and Python; the first build
-takes about a minute, later processes import it directly. A build that starts says so on stderr
+takes a minute or two, later processes import it directly. A build that starts says so on stderr
 through :data:`NOTICE` (replace it to show or silence the message elsewhere).
 """
 
@@ -23,7 +23,7 @@ from typing import Callable
 SOURCE = Path(__file__).with_name("csrc") / "fastops.cpp"
 _LOCK = threading.Lock()
 _STATE: dict[str, ModuleType | None] = {}
-BUILD_MESSAGE = "building fast kernels once (about a minute)…"
+BUILD_MESSAGE = "building fast kernels once (a minute or two, the first time only)…"
 
 
 def _notice(message: str) -> None:
