@@ -119,6 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fail (exit 2) instead of falling back to synthetic data when a dataset is missing")
     p.add_argument("--workers", type=int, default=1, metavar="N",
                    help="parallel worker processes; torch threads are split among them (default: 1)")
+    p.add_argument("--pack", type=int, default=1, metavar="K",
+                   help="train the seeds of each variant K at a time in lockstep, one vmapped step for K runs "
+                        "(engine.packed; for GPUs, see docs/gpu.md; models with BatchNorm run alone; local "
+                        "executor, one worker; default: 1, no packing)")
     p.add_argument("--threads", type=int, metavar="T",
                    help="total torch threads, split among the workers (default: all usable cores; "
                         "1 per worker at the smoke budget, where 64-px models gain nothing from threads)")
@@ -496,6 +500,10 @@ def _check_args(args: argparse.Namespace, budget: str) -> None:
         raise UsageError(f"--workers must be >= 1, got {args.workers}")
     if args.threads is not None and args.threads < 1:
         raise UsageError(f"--threads must be >= 1, got {args.threads}")
+    if args.pack < 1:
+        raise UsageError(f"--pack must be >= 1, got {args.pack}")
+    if args.pack > 1 and (args.executor != "local" or args.workers > 1):
+        raise UsageError("--pack trains its packs in this process: use it with the local executor and one worker")
 
 
 def _plan(args: argparse.Namespace) -> _Plan:
@@ -532,7 +540,7 @@ def _make_executor(args: argparse.Namespace, budget: str) -> Any:
                                 cpus_per_run=args.ray_cpus_per_run, gpus_per_run=args.ray_gpus_per_run,
                                 max_retries=args.ray_max_retries, shared_dir=args.ray_shared_dir,
                                 ship_code=args.ray_ship_code)
-        return get_executor(args.executor, workers=args.workers, threads=threads)
+        return get_executor(args.executor, workers=args.workers, threads=threads, pack=args.pack)
     except (ExecutorError, ValueError) as e:
         raise UsageError(str(e)) from None
 
@@ -658,10 +666,12 @@ def _clean_stale(console: Console, results: str) -> None:
 
 def _refuse_conflicts(configs: list[Any], results: str, args: argparse.Namespace) -> None:
     """Exit 2 before anything runs when an unfinished run cannot resume on this device / precision / numerics."""
+    from engine.packed import pack_problem
     from engine.train import resume_conflict
 
     for cfg in configs:
-        problem = resume_conflict(cfg, results, device=args.device, fast=args.fast)
+        packed = args.pack > 1 and pack_problem([cfg], args.device) is None
+        problem = resume_conflict(cfg, results, device=args.device, fast=args.fast, packed=packed)
         if problem:
             raise UsageError(problem)
 

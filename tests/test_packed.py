@@ -191,3 +191,17 @@ def test_local_executor_packs_and_then_skips(packed_and_separate, tmp_path):
     assert [o.status for o in again] == ["skipped", "skipped"]
     with pytest.raises(ValueError, match="one worker"):
         get_executor("local", workers=2, pack=2)
+
+
+def test_studies_run_pack_option(tmp_path, capsys):
+    from studies import run as runcli
+
+    base = ["--suite", "smoke", "--variants", "egeunet", "--seeds", "2", "--results", str(tmp_path),
+            "--no-latency", "--threads", "1"]
+    assert runcli.main([*base, "--pack", "2"]) == 0
+    recs = [load_record(d) for d in (tmp_path / "runs").iterdir()]
+    assert len(recs) == 2 and all(r.done and r.first_session.path == "packed" for r in recs)
+    capsys.readouterr()
+    for bad, why in ((["--pack", "0"], "--pack must be >= 1"), (["--pack", "2", "--workers", "2"], "one worker")):
+        err = capsys.readouterr().err if runcli.main([*base, *bad]) == 2 else "(not exit 2)"
+        assert why in err and len(err.strip().splitlines()) == 1

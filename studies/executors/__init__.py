@@ -11,7 +11,7 @@ before it submits a run. So an executor only decides *where* tasks execute.
 * ``ray``: a Ray cluster (:mod:`studies.executors.ray_executor` and its ``ray_*`` parts, imported only
   when asked for).
 
-Packs (the local executor's ``pack=K``; ``python -m studies.run`` has no option for it):
+Packs (the local executor's ``pack=K``, ``python -m studies.run --pack K``):
 :func:`pack_groups` puts the runs that differ only in their seed into packs of up to K, and
 :func:`execute_pack` claims and trains each pack as one (:func:`engine.packed.run_packed`) under the
 same claim policy.
