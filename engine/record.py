@@ -421,6 +421,12 @@ class RunRecord:
         return ((self.metrics or {}).get("best_checkpoint") or {}).get("sha256")
 
     @property
+    def best_checkpoint_bytes(self) -> int | None:
+        """The size of ``best.pt`` when the run finished, as recorded with its SHA-256 (None before schema 2)."""
+        value = ((self.metrics or {}).get("best_checkpoint") or {}).get("bytes")
+        return int(value) if value is not None else None
+
+    @property
     def best_checkpoint(self) -> Path:
         return self.record_dir / "checkpoints" / "best.pt"
 
