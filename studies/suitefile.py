@@ -243,7 +243,8 @@ def _variant(item: Any, at: str, fail: Any) -> tuple[str, dict[str, Any], str | 
             raise fail(f"{at}.model", "give keyword arguments in 'kwargs', e.g. kwargs = { width = 8 }")
         kwargs = item.get("kwargs", {})
         if not isinstance(kwargs, dict):
-            raise fail(f"{at}.kwargs", f"must be a table of keyword arguments, e.g. {{ width = 8 }}; got {_kind(kwargs)}")
+            raise fail(f"{at}.kwargs",
+                       f"must be a table of keyword arguments, e.g. {{ width = 8 }}; got {_kind(kwargs)}")
         why = kwargs_problem(kwargs)
         if why:
             raise fail(f"{at}.kwargs", why)
@@ -303,17 +304,45 @@ def _key(k: str) -> str:
     return k if _BARE_KEY.match(k) else json.dumps(k, ensure_ascii=False)
 
 
+#: the width the written suite files keep to (a line longer than this holds one word that cannot be split)
+DUMP_WIDTH = 80
+
+
+def _string_entry(key: str, v: str, width: int = DUMP_WIDTH) -> list[str]:
+    """``key = "v"`` on one line, or, when that is wider than ``width``, as a multi-line string whose
+    lines end in a backslash (TOML drops the newline and the next line's indent: the same value)."""
+    line = f"{_key(key)} = {_value(v)}"
+    text = _value(v)[1:-1]  # escaped, so no line break, quote or backslash sequence is split below
+    if len(line) <= width or text != text.strip():
+        return [line]  # whitespace at either end would be dropped by the line continuations
+    out, indent = [f'{_key(key)} = """\\'], "    "
+    start = 0
+    while len(indent) + len(text) - start + 3 > width:
+        # break after a space that is followed by a word: the spaces stay before the backslash
+        cut = [i + 1 for i in range(start, len(text) - 1) if text[i] == " " and text[i + 1] != " "]
+        fits = [c for c in cut if len(indent) + c - start + 1 <= width]
+        if not (fits or cut):
+            break
+        end = fits[-1] if fits else cut[0]
+        out.append(f"{indent}{text[start:end]}\\")
+        start = end
+    out.append(f'{indent}{text[start:]}"""')
+    return out
+
+
 def dump_suite(suite: Suite) -> str:
-    """The suite file declaring ``suite`` (:func:`load_suite` of it gives an equal suite)."""
+    """The suite file declaring ``suite`` (:func:`load_suite` of it gives an equal suite); its lines fit in
+    :data:`DUMP_WIDTH` columns."""
     budgets: dict[str, list[str]] = {}
     for b, keys in suite.extra_at_budget.items():
         for k in keys:
             if k not in suite.variants:
                 budgets.setdefault(k, []).append(b)
     lines = [
-        "# A study suite: python -m studies.run --suite THIS_FILE (format: studies/suitefile.py)",
+        "# A study suite: python -m studies.run --suite THIS_FILE",
+        "# (format: studies/suitefile.py)",
         f"name = {_value(suite.name)}",
-        f"description = {_value(suite.description)}",
+        *_string_entry("description", suite.description),
         f"datasets = {_value(list(suite.datasets))}",
         f"seeds = {suite.seeds}",
         f"budget = {_value(suite.budget)}",

@@ -64,6 +64,30 @@ def test_the_suitefile_command_prints_a_suite_that_loads_back(capsys, tmp_path):
     assert "nope.toml: no such suite file" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("name", list(SUITES))
+def test_the_example_files_are_what_suitefile_writes_within_80_columns(name):
+    text = (SUITE_FILES / f"{name}.toml").read_text(encoding="utf-8")
+    assert text == dump_suite(SUITES[name]), f"regenerate: python -m studies.suitefile {name} > {name}.toml"
+    wide = [ln for ln in text.splitlines() if len(ln) > 80]
+    assert not wide, wide
+
+
+@pytest.mark.parametrize("description, fits", [
+    ("short", True),
+    ("a description long enough to need more than one line of a suite file at eighty columns, " * 2 + "twice",
+     True),
+    ('quotes "like this", a back\\slash, two  spaces,\ta tab and ünïcode ☃ in a description that is too long',
+     True),
+    ("x" * 100, False),  # one word: cannot be split
+    (" leading and trailing spaces in a description much longer than eighty columns, kept on one line ", False),
+])
+def test_long_descriptions_are_wrapped_and_read_back_equal(tmp_path, description, fits):
+    s = Suite("wrapped", description, ("egeunet",), datasets=("synthetic",), seeds=1, budget="smoke")
+    text = dump_suite(s)
+    assert load_suite(write(tmp_path, text, "wrapped.toml")) == s
+    assert fits == all(len(ln) <= 80 for ln in text.splitlines())
+
+
 # ----------------------------------------------------------------------------------- a user's file
 
 USER_SUITE = """\
