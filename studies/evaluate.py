@@ -185,16 +185,12 @@ class Run:
         return self.entry.config_hash
 
     @property
-    def config(self) -> dict[str, Any]:
-        return self.record.config or {}
-
-    @property
     def size(self) -> int:
-        return int((self.config.get("recipe") or {}).get("size") or 256)
+        return int(self.record.recipe_size or 256)
 
     @property
     def overrides(self) -> dict[str, Any]:
-        return dict(self.config.get("model_overrides") or {})
+        return self.record.model_overrides
 
     @property
     def model(self) -> str:
@@ -207,8 +203,7 @@ class Run:
 
     @property
     def checkpoint_bytes(self) -> int | None:
-        value = ((self.record.metrics or {}).get("best_checkpoint") or {}).get("bytes")
-        return int(value) if value is not None else None
+        return self.record.best_checkpoint_bytes
 
 
 @dataclass

@@ -259,6 +259,35 @@ def test_large_checkpoint_message(results):
     assert sha is None and "31.0 MB, over the 2 MB committed with a run" in problem
 
 
+def test_a_checkpoint_over_2_mb_is_named_with_the_command_that_recreates_it(results, external, tmp_path, capsys,
+                                                                            monkeypatch):
+    """A clone holds no best.pt over 2 MB, only its recorded size and SHA-256: the CLI says it cannot evaluate that
+    run, why, and prints the exact command that trains it again and puts its best.pt back."""
+    import tempfile
+
+    from engine.record import atomic_write_json, load_record
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    big, *rest = manifest_hashes(results)
+    rec = load_record(results / "runs" / big)
+    sha = rec.best_checkpoint_sha256
+    assert sha is not None and rec.best_checkpoint_bytes == rec.best_checkpoint.stat().st_size
+    atomic_write_json(rec.record_dir / "metrics.json",
+                      {**rec.metrics, "best_checkpoint": {"bytes": 31_000_000, "sha256": sha}})
+    rec.best_checkpoint.unlink()  # what a clone has: .gitignore keeps best.pt files over 2 MB out of git
+    args = ("--suite", "smoke", "--results", results, "--on", f"folder:{external}", "--cache-dir", tmp_path / "c")
+    code, out, err = cli(*args, capsys=capsys)
+    assert code == 1, out + err
+    assert "cannot evaluate 1 run(s):" in err
+    assert f"{big}: {rec.best_checkpoint} is missing (31.0 MB, over the 2 MB committed with a run)" in err
+    command = next(ln for ln in err.splitlines() if "recreate its checkpoint: " in ln).split(": ", 1)[1]
+    model = load_record(results / "runs" / big).model
+    assert command.startswith(f"python -m studies.run --suite smoke --variants {model} --seed-list 0 --budget smoke")
+    assert command.endswith(f"&& cp {tmp_path / 'egeunet-recreate' / 'runs' / big / 'checkpoints' / 'best.pt'} "
+                            f"{rec.best_checkpoint}")
+    assert sorted(r["config_hash"] for r in read_csv(results / "smoke" / "external_folder_derm.csv")) == sorted(rest)
+
+
 def test_gitignore_keeps_small_best_checkpoints():
     """best.pt of a run is committed (not ignored), every other .pt is; every committed one (results/runs/ and the
     archives) is at most 2 MB, and the larger ones of the archive are ignored."""
