@@ -11,7 +11,12 @@ Checks every run record under ``<results>/runs/`` and every suite table ``<resul
 * **one numerics** per table: a single device type, precision mode and numerics version in each table;
 * **traceable**: every table row names a record, and the row's numbers equal the record's;
 * **seeds**: the seeds of each table cell against the suite's declared count (a warning; an error with
-  ``--strict``).
+  ``--strict``);
+* **checkpoint** (the 2 MB rule of :mod:`studies.evaluate`): a finished run's ``best.pt`` of at most 2 MB is
+  there, and git does not ignore it (it is committed with the run); a larger one is absent or ignored by git,
+  never committed, and its record stores its size and SHA-256, so that a recreated one can be checked; a
+  ``best.pt`` that is there must match the SHA-256 its record stores (records before schema 2 store none).
+  Without git around the results folder a ``best.pt`` over 2 MB that is there counts as committed.
 
 Exit status: 0 no violation, 1 a violation (or a seed shortfall under ``--strict``), 2 bad arguments.
 """
@@ -19,9 +24,11 @@ Exit status: 0 no violation, 1 a violation (or a seed shortfall under ``--strict
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import shutil
+import subprocess
 import sys
 import textwrap
 from dataclasses import dataclass, field
@@ -61,6 +68,101 @@ class RunFacts:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass
+class GitView:
+    """What git says about the results folder's ``best.pt`` files: none of it outside a git work tree."""
+
+    top: Path | None = None  # the work tree holding the results folder
+    committed: dict[Path, int] = field(default_factory=dict)  # best.pt in git's index -> size of its blob
+
+    def is_ignored(self, path: Path) -> bool:
+        if self.top is None:
+            return False
+        res = subprocess.run(["git", "-C", str(self.top), "check-ignore", "-q", str(path.resolve())],
+                             capture_output=True)
+        return res.returncode == 0
+
+
+def _git(top: Path, *args: str, stdin: str | None = None) -> str | None:
+    try:
+        res = subprocess.run(["git", "-C", str(top), *args], input=stdin, capture_output=True, text=True)
+    except OSError:  # no git on this machine
+        return None
+    return res.stdout if res.returncode == 0 else None
+
+
+def git_view(results: Path) -> GitView:
+    """The ``best.pt`` files of ``<results>/runs/`` that git's index holds (what a commit stores), with sizes."""
+    top = _git(results, "rev-parse", "--show-toplevel")
+    if top is None:
+        return GitView()
+    view = GitView(Path(top.strip()).resolve())
+    try:
+        rel = (results.resolve() / "runs").relative_to(view.top).as_posix()
+    except ValueError:
+        return view
+    listed = _git(view.top, "ls-files", "-s", "-z", "--", f"{rel}/*/checkpoints/best.pt") or ""
+    entries = [(e.split("\t", 1)[0].split()[1], e.split("\t", 1)[1]) for e in listed.split("\0") if "\t" in e]
+    if entries:
+        sizes = (_git(view.top, "cat-file", "--batch-check=%(objectsize)", stdin="".join(f"{b}\n" for b, _ in entries))
+                 or "").split()
+        for (_blob, path), size in zip(entries, sizes):
+            view.committed[view.top / path] = int(size)
+    return view
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def checkpoint_findings(r: Any, git: GitView | None = None) -> list[Finding]:
+    """The 2 MB rule for the ``best.pt`` of one finished run (``r``: its :class:`engine.record.RunRecord`)."""
+    from studies.evaluate import COMMIT_LIMIT_BYTES
+
+    git = git or GitView()
+    name = f"runs/{r.config_hash}"
+    path = r.best_checkpoint
+    limit = _mb(COMMIT_LIMIT_BYTES)
+    sha, size = r.best_checkpoint_sha256, r.best_checkpoint_bytes
+    out: list[Finding] = []
+
+    def bad(message: str) -> None:
+        out.append(Finding(name, "checkpoint", message))
+
+    committed = git.committed.get(path.resolve())
+    if committed is not None and committed > COMMIT_LIMIT_BYTES:
+        bad(f"best.pt of {_mb(committed)} is committed, over the {limit} limit: `git rm --cached {path}` and add it "
+            "to .gitignore (the record keeps its SHA-256)")
+    if not path.is_file():
+        if sha is None:
+            bad("best.pt is missing and the record stores no SHA-256: a recreated checkpoint cannot be checked")
+        elif size is None or size <= COMMIT_LIMIT_BYTES:
+            bad(f"best.pt is missing, yet {'its size is not recorded' if size is None else _mb(size)}: a best.pt "
+                f"of at most {limit} is committed with its run")
+        return out
+    actual = path.stat().st_size
+    if actual > COMMIT_LIMIT_BYTES:
+        if committed is None and not git.is_ignored(path):
+            bad(f"best.pt of {_mb(actual)} is over the {limit} committed with a run and git does not ignore it: "
+                "add it to .gitignore")
+        if sha is None:
+            bad(f"best.pt of {_mb(actual)} stays out of git, but the record stores no SHA-256 to check a recreated "
+                "one against")
+    elif committed is None and git.is_ignored(path):
+        bad(f"best.pt of {_mb(actual)} is ignored by git: a best.pt of at most {limit} is committed with its run")
+    if sha is not None and _sha256(path) != sha:
+        bad(f"best.pt differs from the SHA-256 its record stores ({sha[:12]}...)")
+    return out
+
+
 def _close(a: Any, b: Any) -> bool:
     try:
         fa, fb = float(a), float(b)
@@ -71,8 +173,9 @@ def _close(a: Any, b: Any) -> bool:
     return abs(fa - fb) <= _RTOL * max(1.0, abs(fa), abs(fb))
 
 
-def audit_record(rec: Path) -> tuple[list[Finding], RunFacts | None]:
-    """Findings for one run record, and its facts when it is a finished, readable run."""
+def audit_record(rec: Path, git: GitView | None = None) -> tuple[list[Finding], RunFacts | None]:
+    """Findings for one run record, and its facts when it is a finished, readable run (``git``: what git says
+    about the checkpoints; none: the results folder is taken as outside git)."""
     from engine.metrics import per_image_metrics, summarize
     from engine.record import RecordError, load_record
 
@@ -89,6 +192,7 @@ def audit_record(rec: Path) -> tuple[list[Finding], RunFacts | None]:
     if r.status is None or r.status.get("status") != "done":
         reason = (r.status or {}).get("reason")
         return [Finding(name, "complete", f"run status is {(r.status or {}).get('status')!r} ({reason})")], None
+    out += checkpoint_findings(r, git)
     if missing:
         out.append(Finding(name, "complete", f"missing {', '.join(missing)}"))
         return out, None
@@ -192,8 +296,9 @@ def audit(results: Path, strict: bool = False) -> tuple[list[Finding], list[dict
     findings: list[Finding] = []
     facts: dict[str, RunFacts] = {}
     records = sorted(p for p in (results / "runs").iterdir() if p.is_dir()) if (results / "runs").is_dir() else []
+    git = git_view(results) if records else GitView()
     for rec in records:
-        f, fact = audit_record(rec)
+        f, fact = audit_record(rec, git)
         findings += f
         if fact is not None and not any(x.check == "complete" for x in f):
             facts[rec.name] = fact
@@ -207,7 +312,8 @@ def audit(results: Path, strict: bool = False) -> tuple[list[Finding], list[dict
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description="Check every run record and suite table of a results "
-                                "folder: complete, recomputable, single-device, clean, traceable, seeds.",
+                                "folder: complete, recomputable, single-device, clean, traceable, seeds, "
+                                "checkpoints (2 MB rule).",
                                 epilog="exit status: 0 clean; 1 a violation (seed shortfalls only with --strict); "
                                        "2 bad arguments")
     p.add_argument("--results", default="results", metavar="DIR", help="results folder (default: results/)")

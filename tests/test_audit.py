@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from studies.audit import audit, main
@@ -105,3 +107,102 @@ def test_incomplete_record_and_seed_shortfall(clean_results, tmp_path):
 def test_bad_results_folder_exits_2(tmp_path, capsys):
     assert main(["--results", str(tmp_path / "nope")]) == 2
     assert "not a folder" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ checkpoints (2 MB rule)
+
+
+def _checkpoint_errors(results: Path) -> list[tuple[str, str]]:
+    findings, _, _ = audit(results)
+    return [(f.where, f.message) for f in findings if f.check == "checkpoint"]
+
+
+def _big_checkpoint(rec: Path, size: int = 2_500_000) -> str:
+    """Replace the run's best.pt by a file over 2 MB and record its size and SHA-256, as the trainer does."""
+    data = np.random.default_rng(0).integers(0, 256, size, dtype=np.uint8).tobytes()
+    (rec / "checkpoints" / "best.pt").write_bytes(data)
+    sha = hashlib.sha256(data).hexdigest()
+    _edit_json(rec / "metrics.json", lambda m: m.update(best_checkpoint={"bytes": size, "sha256": sha}))
+    return sha
+
+
+def _git(cwd: Path, *args: str) -> None:
+    subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def test_smoke_checkpoints_follow_the_2_mb_rule(clean_results):
+    from engine.record import load_record
+
+    for rec in sorted((clean_results / "runs").iterdir()):
+        r = load_record(rec)
+        assert 0 < r.best_checkpoint_bytes <= 2_000_000 and r.best_checkpoint_sha256
+    assert _checkpoint_errors(clean_results) == []
+
+
+def test_missing_small_checkpoint_is_caught(clean_results, tmp_path, capsys):
+    results, recs = _copy(clean_results, tmp_path)
+    (recs[0] / "checkpoints" / "best.pt").unlink()  # recorded as 0.3 MB: it should have been committed
+    errors = _checkpoint_errors(results)
+    assert len(errors) == 1 and errors[0][0] == f"runs/{recs[0].name}"
+    assert "best.pt is missing, yet 0.3 MB" in errors[0][1]
+    assert main(["--results", str(results)]) == 1
+    assert "[checkpoint] best.pt is missing" in capsys.readouterr().out
+
+
+def test_absent_large_checkpoint_with_its_sha256_passes(clean_results, tmp_path):
+    results, recs = _copy(clean_results, tmp_path)
+    _big_checkpoint(recs[1])
+    (recs[1] / "checkpoints" / "best.pt").unlink()  # a clone: over 2 MB, it is not in git
+    assert _checkpoint_errors(results) == []
+    assert main(["--results", str(results)]) == 0
+    _edit_json(recs[1] / "metrics.json", lambda m: m.pop("best_checkpoint"))  # a record that keeps no SHA-256
+    assert _checkpoint_errors(results) == [
+        (f"runs/{recs[1].name}", "best.pt is missing and the record stores no SHA-256: a recreated checkpoint "
+                                 "cannot be checked")]
+
+
+def test_present_checkpoint_must_match_its_sha256(clean_results, tmp_path):
+    results, recs = _copy(clean_results, tmp_path)
+    shutil.copy(recs[0] / "checkpoints" / "best.pt", recs[2] / "checkpoints" / "best.pt")  # another run's weights
+    errors = _checkpoint_errors(results)
+    assert [w for w, _ in errors] == [f"runs/{recs[2].name}"]
+    assert errors[0][1].startswith("best.pt differs from the SHA-256 its record stores")
+
+
+def test_large_checkpoint_must_stay_out_of_git(clean_results, tmp_path):
+    """In a git work tree: a best.pt over 2 MB is fine once git ignores it, a violation while git would commit it
+    or has it in its index; a small best.pt that git ignores is a violation (it belongs with its run)."""
+    repo = tmp_path / "repo"
+    results, recs = _copy(clean_results, repo)
+    _git(repo, "init", "-q")
+    big = recs[0]
+    _big_checkpoint(big)
+    where = f"runs/{big.name}"
+
+    # not ignored: `git add results` would commit it
+    assert [(w, m.split(":")[0]) for w, m in _checkpoint_errors(results)] == [
+        (where, "best.pt of 2.5 MB is over the 2.0 MB committed with a run and git does not ignore it")]
+    # ignored next to the small ones (the repository's own .gitignore lines)
+    (repo / ".gitignore").write_text(f"*.pt\n!results/runs/*/checkpoints/best.pt\n"
+                                     f"results/runs/{big.name}/checkpoints/best.pt\n")
+    assert _checkpoint_errors(results) == []
+    assert main(["--results", str(results)]) == 0
+    # committed anyway (forced into the index)
+    _git(repo, "add", "-f", f"results/runs/{big.name}/checkpoints/best.pt")
+    errors = _checkpoint_errors(results)
+    assert len(errors) == 1 and errors[0][0] == where
+    assert errors[0][1].startswith("best.pt of 2.5 MB is committed, over the 2.0 MB limit: `git rm --cached")
+    assert main(["--results", str(results)]) == 1
+    _git(repo, "rm", "-q", "--cached", f"results/runs/{big.name}/checkpoints/best.pt")
+    assert _checkpoint_errors(results) == []
+    # a small best.pt that git ignores would never be committed
+    small = recs[1]
+    with open(repo / ".gitignore", "a") as f:
+        f.write(f"results/runs/{small.name}/checkpoints/best.pt\n")
+    assert _checkpoint_errors(results) == [
+        (f"runs/{small.name}", "best.pt of 0.3 MB is ignored by git: a best.pt of at most 2.0 MB is committed with "
+                               "its run")]
+    # the small ones committed are fine
+    _git(repo, "add", "-f", f"results/runs/{small.name}/checkpoints/best.pt",
+         f"results/runs/{recs[2].name}/checkpoints/best.pt")
+    assert _checkpoint_errors(results) == []
