@@ -154,9 +154,11 @@ def add_format(p: argparse.ArgumentParser, what: str = "the table") -> None:
 
 # ------------------------------------------------------------------------------------------- output
 
-def console(stderr: bool = False) -> Console:
-    """A rich console on stdout (or stderr), as wide as the terminal; 80 columns when unknown."""
-    return Console(stderr=stderr, width=terminal_width(), soft_wrap=False)  # follows sys.stdout/sys.stderr
+def console(stderr: bool = False, *, markup: bool = True, highlight: bool = True) -> Console:
+    """A rich console on stdout (or stderr), as wide as the terminal; 80 columns when unknown. ``markup`` /
+    ``highlight`` False: text printed as it is (no ``[style]`` tags, no colouring of numbers and paths)."""
+    return Console(stderr=stderr, width=terminal_width(), soft_wrap=False,  # follows sys.stdout/sys.stderr
+                   markup=markup, highlight=highlight)
 
 
 def _plain(v: Any) -> Any:
@@ -361,13 +363,22 @@ def resolve_models(names: Sequence[str] | None, default: Sequence[str] = ("egeun
     """Registered model names for the CLI argument ``names``.
 
     ``None``/empty gives ``default``; ``all`` gives every registered model; a name with ``*``,
-    ``?`` or ``[`` is a glob over the registered names. Order is kept, duplicates dropped.
-    Raises :class:`UnknownModels` (message lists the valid names) for names that match nothing.
+    ``?`` or ``[`` is a glob over the registered names; an outside model is given as
+    ``package.module:callable`` or by its entry-point name. Order is kept, duplicates dropped.
+    Raises :class:`UnknownModels` (message lists the valid names) for names that match nothing, or
+    naming the outside model that cannot be imported.
     """
-    from zoo.registry import list_models
+    from zoo.registry import ExternalModelError, get_entry, is_import_path, list_models
 
     registered = list_models()
+    outside = set(list_models(outside=True)) - set(registered)  # entry-point models
     wanted = list(names) if names else list(default)
+    for n in wanted:
+        if is_import_path(n):
+            try:
+                get_entry(n)  # imports it: a missing module or attribute is named here
+            except ExternalModelError as e:
+                raise UnknownModels(str(e)) from None
     out: list[str] = []
     unknown: list[str] = []
     for n in wanted:
@@ -376,13 +387,14 @@ def resolve_models(names: Sequence[str] | None, default: Sequence[str] = ("egeun
         elif any(ch in n for ch in "*?["):
             matches = [r for r in registered if fnmatch.fnmatch(r, n)]
         else:
-            matches = [n] if n in registered else []
+            matches = [n] if n in registered or n in outside or is_import_path(n) else []
         if not matches:
             unknown.append(n)
         out.extend(m for m in matches if m not in out)
     if unknown:
         raise UnknownModels(
-            f"unknown model(s) {', '.join(unknown)}; valid names: all, {', '.join(registered)}")
+            f"unknown model(s) {', '.join(unknown)}; valid names: all, {', '.join(registered)} "
+            "(or an outside model as package.module:callable)")
     return out
 
 

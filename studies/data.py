@@ -37,8 +37,12 @@ from engine.data.layouts import LAYOUTS, PH2_IMAGES_DIR, Problem, detect, discov
 from engine.data.loader import dataset_dir, normalise_dataset
 
 PROG = "python -m studies.data"
-console = Console(highlight=False, markup=False, width=_cli.terminal_width())
-err_console = Console(stderr=True, highlight=False, markup=False, width=_cli.terminal_width())
+
+
+def _out(stderr: bool = False) -> Console:
+    """The console for this command's text (stdout, or stderr for warnings and progress), made when it is
+    needed by :func:`studies._cli.console`: the terminal's width, 80 columns when unknown; text as it is."""
+    return _cli.console(stderr=stderr, markup=False, highlight=False)
 
 
 # --------------------------------------------------------------------------- summary
@@ -66,6 +70,7 @@ def _epoch_throughput(arr, batch_size: int, augment: bool, seed: int = 0) -> flo
 
 
 def cmd_summary(args) -> int:
+    out = _out()
     if args.threads:
         import torch
 
@@ -88,7 +93,7 @@ def cmd_summary(args) -> int:
                                  cache_dir=args.cache_dir, progress=_progress(name) if i == 0 else None)
             load_s = time.perf_counter() - t0
             for w in caught:
-                err_console.print(f"warning: {w.message}")
+                _out(stderr=True).print(f"warning: {w.message}")
             lf = arr.lesion_fraction()
             if arr.synthetic:
                 sizes = "generated"
@@ -119,14 +124,14 @@ def cmd_summary(args) -> int:
     if args.format != "table":
         _cli.emit(rows, SUMMARY_COLUMNS, args.format)
         return 0
-    console.print(_summary_table(rows, args))
+    out.print(_summary_table(rows, args))
     for name, src in sources.items():
         if src:
-            console.print(f"{name} split lists: {src}")
+            out.print(f"{name} split lists: {src}")
     if timing is not None:
-        console.print(timing)
-        console.print(f"epoch = one pass over the train split in shuffled batches of {args.batch_size}; "
-                      f"torch threads {_threads()}")
+        out.print(timing)
+        out.print(f"epoch = one pass over the train split in shuffled batches of {args.batch_size}; "
+                  f"torch threads {_threads()}")
     return 0
 
 
@@ -157,7 +162,8 @@ def _threads() -> int:
 
 
 def _progress(name: str):
-    if not err_console.is_terminal:
+    err = _out(stderr=True)
+    if not err.is_terminal:
         return None
     state = {"t": 0.0}
 
@@ -165,9 +171,9 @@ def _progress(name: str):
         now = time.perf_counter()
         if done == total or now - state["t"] > 0.5:
             state["t"] = now
-            err_console.print(f"building cache for {name}: {done}/{total}", end="\r")
+            err.print(f"building cache for {name}: {done}/{total}", end="\r")
             if done == total:
-                err_console.print()
+                err.print()
     return cb
 
 
@@ -193,13 +199,14 @@ def check_dataset(dataset: str, base: Path, decode: bool = True) -> tuple[list[P
 
 
 def cmd_check(args) -> int:
+    out = _out()
     target = args.target
     try:
         name = normalise_dataset(target)
     except ValueError:
         name = None
     if name == "synthetic":
-        console.print("synthetic: generated on demand, nothing to check")
+        out.print("synthetic: generated on demand, nothing to check")
         return 0
     if name is not None and not Path(target).exists():
         base = dataset_dir(name, args.data_root, args.cache_dir)
@@ -217,13 +224,13 @@ def cmd_check(args) -> int:
         n_err += len(errors)
         counts = ", ".join(f"{k} {v}" for k, v in facts["counts"].items())
         status = "OK" if not errors else f"{len(errors)} error(s)"
-        console.print(f"{name} at {base}: pairs {counts or 'none'}; {status}, "
-                      f"{len(problems) - len(errors)} warning(s) ({time.perf_counter() - t0:.1f} s"
-                      f"{', listing only' if args.quick else ''})", soft_wrap=True)
+        out.print(f"{name} at {base}: pairs {counts or 'none'}; {status}, "
+                  f"{len(problems) - len(errors)} warning(s) ({time.perf_counter() - t0:.1f} s"
+                  f"{', listing only' if args.quick else ''})", soft_wrap=True)
         for note in facts["notes"]:
-            console.print(f"  note: {note}")
+            out.print(f"  note: {note}")
         for k, p in enumerate(problems, 1):  # one line each (grep-able, never wrapped)
-            console.print(f"  {k:>4}. {p.severity}: {p.message}", soft_wrap=True)
+            out.print(f"  {k:>4}. {p.severity}: {p.message}", soft_wrap=True)
     return 2 if n_err else 0
 
 
@@ -286,9 +293,10 @@ def _extract_zips(dataset: str, zips: list[Path], staging: Path) -> int:
 
 
 def cmd_prepare(args) -> int:
+    out = _out()
     dataset = normalise_dataset(args.dataset)
     if dataset == "synthetic":
-        console.print("synthetic needs no preparation")
+        out.print("synthetic needs no preparation")
         return 0
     sources = [Path(s) for s in args.sources]
     for s in sources:
@@ -328,18 +336,18 @@ def cmd_prepare(args) -> int:
                 shutil.rmtree(old, ignore_errors=True)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        console.print(f"extracted {n} files into {target}")
+        out.print(f"extracted {n} files into {target}")
     disc = discover(dataset, target)
     t0 = time.perf_counter()
     entry = dcache.get_or_build(dataset, target, disc.pairs(), (args.size, args.size), args.cache_dir,
                                 _progress(dataset))
     verb = "built" if entry.built else "already present"
-    console.print(f"{dataset}: {len(entry.ids)} pairs ({', '.join(f'{k} {len(v)}' for k, v in disc.parts.items())}); "
-                  f"cache {verb} at {entry.path} ({time.perf_counter() - t0:.1f} s)")
+    out.print(f"{dataset}: {len(entry.ids)} pairs ({', '.join(f'{k} {len(v)}' for k, v in disc.parts.items())}); "
+              f"cache {verb} at {entry.path} ({time.perf_counter() - t0:.1f} s)")
     if folders:
-        console.print(f"load it with root={target.parent} (or EGEUNET_DATA={target.parent} / --data-root)")
+        out.print(f"load it with root={target.parent} (or EGEUNET_DATA={target.parent} / --data-root)")
     else:
-        console.print("loaders find it there when the data root does not hold this dataset")
+        out.print("loaders find it there when the data root does not hold this dataset")
     return 0
 
 
@@ -348,7 +356,7 @@ def _validate_or_raise(dataset: str, base: Path) -> None:
     errors = [p for p in problems if p.severity == "error"]
     for p in problems:
         if p.severity == "warning":
-            err_console.print(f"warning: {p.message}")
+            _out(stderr=True).print(f"warning: {p.message}")
     if errors:
         more = (f" (and {len(errors) - 1} more problem(s): run `python -m studies.data check {base}` to list them)"
                 if len(errors) > 1 else "")

@@ -175,6 +175,15 @@ def test_data_summary_formats_and_80_columns(cols80, capsys):
     _fits(capsys.readouterr().out)
 
 
+def test_data_console_takes_the_width_when_it_prints_not_at_import(monkeypatch, capsys):
+    widths = []
+    for cols in (60, 100):  # studies.data was imported above, before either width was set
+        monkeypatch.setenv("COLUMNS", str(cols))
+        assert datacli.main(["summary", "--dataset", "synthetic", "--size", "16"]) == 0
+        widths.append(max(len(ln.rstrip()) for ln in capsys.readouterr().out.splitlines()))
+    assert widths[0] <= 60 < widths[1] <= 100
+
+
 def test_helper_api():
     p = _cli.parser("python -m studies.x", "A description that is long enough to be wrapped. " * 4,
                     epilog=_cli.EXIT_LINE)
