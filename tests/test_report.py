@@ -384,3 +384,24 @@ def test_unequal_seed_counts(tmp_path: Path):
     assert_latex_matches_results(tex, df[df["status"] == "done"])
     stats = pd.read_csv(tmp_path / "o" / "ablation_ds" / "stats.csv")
     assert set(stats.loc[stats["variant"] == FAB_VARIANTS[2], "n_seeds"]) == {2}  # paired on the shared seeds only
+
+
+def test_report_honours_the_suites_declared_reference(tmp_path: Path, capsys):
+    """A suite file's ``reference`` (or ``--reference``) is what every other variant is compared with."""
+    from studies.report import main as report_main
+
+    results = tmp_path / "results"
+    _fabricate(results, "mine", FAB_VARIANTS, seeds=2)
+    suite = tmp_path / "mine.toml"
+    suite.write_text('name = "mine"\ndescription = "own reference"\ndatasets = ["isic2018"]\nseeds = 2\n'
+                     'budget = "cpu"\nreference = "egeunet_no_gab"\n'
+                     f'variants = [{", ".join(repr(v).replace(chr(39), chr(34)) for v in FAB_VARIANTS)}]\n')
+    for argv, ref in ((["--suite", str(suite)], "w/o GAB"),  # declared in the file
+                      (["--suite", str(suite), "--reference", "egeunet_gab_no_mask"], "GAB w/o mask"),
+                      (["--suite", "mine"], "EGE-UNet")):  # a results folder only: EGE-UNet
+        out = tmp_path / f"reports_{len(argv)}_{ref[:3]}"
+        assert report_main([*argv, "--results", str(results), "--out", str(out), "--no-qualitative",
+                            "--no-html", "--n-boot", "200"]) == 0, capsys.readouterr().err
+        names, rows = parse_latex_table((out / "mine" / "tables" / "isic2018-clean-cpu.tex").read_text())
+        delta = names.index("$\\Delta$DSC (pp) [95\\% CI]")
+        assert [label for label, r in rows.items() if r[delta][0] == "reference"] == [ref]

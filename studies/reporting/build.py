@@ -37,6 +37,7 @@ class Options:
     max_qual_variants: int = 0  # 0: every variant of the table
     qual_ids: list[str] | None = None
     browser_images: int = 12  # test images with pre-rendered overlays in index.html
+    reference: str | None = None  # the suite's declared reference variant (None: EGE-UNet)
 
 
 @dataclass
@@ -99,7 +100,7 @@ def build_suite_report(results_root: Path | str, suite: str, out_root: Path | st
     report = SuiteReport(suite, out)
     sections, html_sections = [], []
     summaries, all_tests = [], []
-    for group in iter_groups(df):
+    for group in iter_groups(df, options.reference):
         per_image, histories, sizes = _records(results_root, suite, group)
         tests = compare_with_reference(group.reference, group.variants, per_image, n_boot=options.n_boot)
         table = build_table(group, tests, per_image, sizes, reported=options.reported)

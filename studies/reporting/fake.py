@@ -2,19 +2,21 @@
 
 :func:`fake_suite` writes ``<root>/<suite>/results.csv`` and one record per run under ``<root>/runs/<hash>/``
 (config.json, env.json, metrics.json, status.json, per_image.csv, history.csv; no checkpoint), the layout of
-``studies.run``. Per-image counts are built so that an image's DSC is exactly what was asked for: with
+``studies.run``, written through :mod:`engine.record`. Per-image counts are built so that an image's DSC is
+exactly what was asked for: with
 FP = FN, DSC = TP / (TP + FN), so the pooled DSC is the lesion-area-weighted mean of the per-image DSCs and a
 shift of every image's DSC by δ shifts the pooled DSC by δ (up to rounding to whole pixels).
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from engine.record import atomic_write_csv, atomic_write_json, write_status
 
 PIXELS = 224 * 224
 
@@ -91,13 +93,14 @@ def fake_suite(root: Path | str, spec: FakeSuite, rng_seed: int = 3) -> pd.DataF
             per.insert(0, "id", ids)
             per.insert(0, "split", "test")
             per.insert(0, "dataset", spec.dataset)
-            per.to_csv(rec / "per_image.csv", index=False)
+            atomic_write_csv(rec / "per_image.csv", per.to_dict("records"), list(per.columns))
             ep = np.arange(1, spec.epochs + 1)
             jitter = rng.normal(0, 0.01, spec.epochs)
-            pd.DataFrame({"epoch": ep, "train_loss": 1.5 * np.exp(-ep / 3) + 0.3 + jitter,
-                          "val_loss": 1.2 * np.exp(-ep / 3) + 0.4 + jitter,
-                          "val_pooled_dsc": d.mean() - 0.2 * np.exp(-ep / 2) + jitter, "lr": 1e-3,
-                          "seconds": 60.0}).to_csv(rec / "history.csv", index=False)
+            hist = pd.DataFrame({"epoch": ep, "train_loss": 1.5 * np.exp(-ep / 3) + 0.3 + jitter,
+                                 "val_loss": 1.2 * np.exp(-ep / 3) + 0.4 + jitter,
+                                 "val_pooled_dsc": d.mean() - 0.2 * np.exp(-ep / 2) + jitter, "lr": 1e-3,
+                                 "seconds": 60.0})
+            atomic_write_csv(rec / "history.csv", hist.to_dict("records"), list(hist.columns))
             tp, fp, fn, tn = (per[c].sum() for c in ("tp", "fp", "fn", "tn"))
             test = dict(pooled_dsc=2 * tp / (2 * tp + fp + fn), pooled_miou=tp / (tp + fp + fn),
                         pooled_acc=(tp + tn) / (tp + tn + fp + fn), pooled_sen=tp / (tp + fn),
@@ -109,13 +112,13 @@ def fake_suite(root: Path | str, spec: FakeSuite, rng_seed: int = 3) -> pd.DataF
                       "schema": 1}
             env = {"device": v.device, "git_commit": "0123456789abcdef0123", "git_dirty": False,
                    "numerics_version": 1, "precision": "fp32"}
-            (rec / "config.json").write_text(json.dumps(config))
+            atomic_write_json(rec / "config.json", config)
             if v.checkpoint:
                 _write_checkpoint(rec / "checkpoints" / "best.pt", model, s)
-            (rec / "env.json").write_text(json.dumps(env))
-            (rec / "metrics.json").write_text(json.dumps({"test": test, "params": v.params, "best_epoch": spec.epochs,
-                                                          "epochs": spec.epochs}))
-            (rec / "status.json").write_text(json.dumps({"status": "done", "reason": None, "wall_s": 100.0}))
+            atomic_write_json(rec / "env.json", env)
+            atomic_write_json(rec / "metrics.json", {"test": test, "params": v.params, "best_epoch": spec.epochs,
+                                                     "epochs": spec.epochs})
+            write_status(rec, "done", wall_s=100.0)
             rows.append(dict(suite=spec.suite, variant=v.variant, model=model, dataset=spec.dataset,
                              protocol=spec.protocol, budget=spec.budget, seed=int(s), params=v.params,
                              gmacs=v.gmacs, flop_counter_gmacs=v.gmacs, latency_ms=v.latency_ms, **test,

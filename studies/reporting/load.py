@@ -7,7 +7,6 @@ record lives under ``<results>/<suite>/runs/<config_hash>/`` or ``<results>/runs
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -15,7 +14,7 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 
-#: reference variant every other variant is compared with
+#: the reference every other variant is compared with when the suite declares none (EGE-UNet as published)
 REFERENCE = "egeunet"
 
 #: columns without which no table can be made
@@ -134,6 +133,7 @@ class Group:
     protocol: str
     budget: str
     runs: pd.DataFrame
+    declared: str | None = None  # the suite's ``reference`` (a variant key, label or model); None: EGE-UNet
 
     @property
     def slug(self) -> str:
@@ -150,9 +150,11 @@ class Group:
 
     @property
     def reference(self) -> str | None:
-        """The label of EGE-UNet as published (model ``egeunet``; the macro ablation labels it '+GHPA+GAB')."""
-        for col in ("model", "variant"):
-            hit = self.runs.loc[self.runs[col] == REFERENCE, "variant"]
+        """The variant every other one is compared with: the suite's declared reference, else EGE-UNet as
+        published (model ``egeunet``; the macro ablation labels it '+GHPA+GAB'); None when no run of it is here."""
+        wanted = self.declared or REFERENCE
+        for col in ("variant", "model"):
+            hit = self.runs.loc[self.runs[col] == wanted, "variant"]
             if len(hit):
                 return str(hit.iloc[0])
         return None
@@ -169,11 +171,11 @@ def _slug(text: str) -> str:
     return "".join(ch if ch.isalnum() else "_" for ch in str(text).lower()).strip("_") or "na"
 
 
-def iter_groups(df: pd.DataFrame) -> Iterator[Group]:
-    """Comparable groups of finished runs, in a stable order."""
+def iter_groups(df: pd.DataFrame, reference: str | None = None) -> Iterator[Group]:
+    """Comparable groups of finished runs, in a stable order (``reference``: the suite's declared one)."""
     done = done_runs(df)
     for key, runs in done.groupby(list(GROUP_KEYS), sort=True, dropna=False):
-        yield Group(*(str(k) for k in key), runs=runs.reset_index(drop=True))
+        yield Group(*(str(k) for k in key), runs=runs.reset_index(drop=True), declared=reference)
 
 
 # --- per-run records -----------------------------------------------------------------------------------------
@@ -196,24 +198,34 @@ def run_dir(results_root: Path | str, suite: str, row: pd.Series | dict) -> Path
     return None
 
 
-def read_history(path: Path | None) -> pd.DataFrame | None:
-    if path is None or not (path / "history.csv").is_file():
+def _record(path: Path | None):
+    """The run record at ``path`` through :func:`engine.record.load_record` (None when absent or unreadable)."""
+    from engine.record import RecordError, load_record
+
+    if path is None:
         return None
     try:
-        hist = pd.read_csv(path / "history.csv")
-    except (pd.errors.EmptyDataError, pd.errors.ParserError):
+        return load_record(path)
+    except (FileNotFoundError, RecordError):
         return None
+
+
+def _frame(rows: list[dict]) -> pd.DataFrame:
+    """A record's CSV rows as a frame; empty cells become NaN, so number columns stay numeric."""
+    return pd.DataFrame(rows).replace("", np.nan).infer_objects() if rows else pd.DataFrame()
+
+
+def read_history(path: Path | None) -> pd.DataFrame | None:
+    """The run's per-epoch history (None when the record has none)."""
+    rec = _record(path)
+    hist = _frame(rec.history) if rec is not None else pd.DataFrame()
     return hist if not hist.empty and "epoch" in hist.columns else None
 
 
 def read_per_image(path: Path | None, dataset: str | None = None) -> pd.DataFrame | None:
     """The run's per-image test counts (rows of external tests on other datasets / splits dropped)."""
-    if path is None or not (path / "per_image.csv").is_file():
-        return None
-    try:
-        per = pd.read_csv(path / "per_image.csv", dtype={"id": str, "dataset": str, "split": str})
-    except (pd.errors.EmptyDataError, pd.errors.ParserError):
-        return None
+    rec = _record(path)
+    per = _frame(rec.per_image) if rec is not None else pd.DataFrame()
     if per.empty or "id" not in per.columns:
         return None
     if "split" in per.columns:
@@ -229,9 +241,6 @@ def read_per_image(path: Path | None, dataset: str | None = None) -> pd.DataFram
 
 
 def read_config(path: Path | None) -> dict | None:
-    if path is None or not (path / "config.json").is_file():
-        return None
-    try:
-        return json.loads((path / "config.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
+    """The run's ``config.json`` (None when the record has none)."""
+    rec = _record(path)
+    return rec.config if rec is not None else None
