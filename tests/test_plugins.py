@@ -10,6 +10,8 @@ for an installed plug-in.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import subprocess
@@ -383,3 +385,29 @@ def test_table_rows_of_one_model_with_different_arguments_are_different_variants
     table = store.build_table(tmp_path, suite)
     assert list(table["variant"]) == ["no bridge", "egeunet"]  # the suite's order, one label each
     assert list(table["config_hash"]) == ["bbbbbbbbbbbb", "aaaaaaaaaaaa"]
+
+
+def test_profile_and_budget_take_an_outside_model(tinyseg_importable, tmp_path, capsys):
+    from studies.budget import main as budget_main
+    from studies.profile import main as profile_main
+
+    from zoo.registry import create_model
+
+    model = create_model("tinyseg.model:build")
+    assert budget_main(["--models", "tinyseg.model:build", "--max-params", str(_params(model)),
+                        "--format", "csv"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [(r["model"], int(r["params"]), r["ok"]) for r in rows] == [
+        ("tinyseg.model:build", _params(model), "True")]
+    with pytest.raises(SystemExit) as e:  # one parameter under its count: the gate fails
+        budget_main(["--models", "tinyseg.model:build", "--max-params", str(_params(model) - 1)])
+    assert e.value.code == 1
+    capsys.readouterr()
+    out = tmp_path / "p.csv"
+    assert profile_main(["--models", "tinyseg.model:build", "--no-latency", "--csv", str(out)]) == 0
+    prof = list(csv.DictReader(open(out)))
+    assert prof[0]["model"] == "tinyseg.model:build" and int(prof[0]["params"]) == _params(model)
+    with pytest.raises(SystemExit) as e:  # a module that is not there: one line, exit 2
+        budget_main(["--models", "no_such_module_xyz:build"])
+    assert e.value.code == 2
+    assert "cannot import module 'no_such_module_xyz'" in capsys.readouterr().err
