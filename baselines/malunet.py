@@ -360,6 +360,7 @@ def malunet_part_params(widths: tuple[int, ...] = WIDTHS, tie: str = "alias") ->
     min_side=32,
     non_square=(64, 96),
     switches={"tie": "alias"},
+    fast="zoo.views:channels_last",  # measured: results/bench/paths_cpu.csv (tests/test_paths.py)
 )
 def malunet(**overrides: Any) -> nn.Module:
     """MALUNet as counted by the original (tied Conv1d weights aliased): 177,943 params (146,711 unique)."""

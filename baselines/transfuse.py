@@ -483,6 +483,7 @@ def transfuse_s(**overrides: Any) -> nn.Module:
     macs_rel_tol=0.01,
     min_side=16,
     non_square=(64, 96),
+    fast="zoo.views:channels_last",  # measured: results/bench/paths_cpu.csv (tests/test_paths.py)
 )
 def transfuse_lite(**overrides: Any) -> nn.Module:
     """TransFuse-lite (project definition: CNN 16/32/64, ViT D 64 depth 2): 415,109 params."""

@@ -229,6 +229,7 @@ def unext_part_params(cfg: UNeXtConfig | None = None) -> dict[str, int]:
     macs_rel_tol=0.001,
     min_side=32,
     non_square=(64, 96),
+    fast="zoo.views:channels_last",  # measured: results/bench/paths_cpu.csv (tests/test_paths.py)
 )
 def unext(**overrides: Any) -> nn.Module:
     """UNeXt (released code: 16-32-128-160-256, MLP hidden = C), 1,471,921 params."""
@@ -243,6 +244,7 @@ def unext(**overrides: Any) -> nn.Module:
     macs_rel_tol=0.001,
     min_side=32,
     non_square=(64, 96),
+    fast="zoo.views:channels_last",  # measured: results/bench/paths_cpu.csv (tests/test_paths.py)
 )
 def unext_s(**overrides: Any) -> nn.Module:
     """UNeXt-S (released code: 8-16-32-64-128), 253,561 params."""

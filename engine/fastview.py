@@ -15,7 +15,7 @@ __all__ = ["uses_fast_path", "fast_views"]
 
 def uses_fast_path(model: str, device: str | torch.device, request: bool | None = None) -> bool:
     """Whether a run of registered ``model`` trains through its fast view (default: on the CPU, for the models
-    whose registry entry declares one -- the EGE-UNet family)."""
+    whose registry entry declares one: the EGE-UNet family, and the baselines by zoo.views.channels_last)."""
     if request is not None:
         return bool(request)
     from zoo.registry import get_entry

@@ -106,10 +106,10 @@ def run_training(cfg: RunConfig, results_dir: str | os.PathLike, *, data_root: s
     ``profile``: complexity.json from ``engine.profile.profile_model`` (False = params only, fast);
     ``overwrite``: delete a finished record and run again; ``fast``: train and evaluate through the
     registry's fast view (:mod:`engine.fastview`: same parameters, same numbers to float32 round-off;
-    default: on for EGE-UNet models on the CPU, off elsewhere; recorded in ``env.json`` as ``fast_path``;
-    not part of the config hash); ``restart``: discard an unfinished record's partial state and start over;
-    ``code_version``: ``{"commit", "dirty"}`` to record when this process's packages carry no git checkout
-    (see :func:`engine.env.collect_env`).
+    default: on on the CPU for models whose entry declares a view, off elsewhere; recorded in ``env.json``
+    as ``fast_path``; not part of the config hash); ``restart``: discard an unfinished record's partial
+    state and start over; ``code_version``: ``{"commit", "dirty"}`` to record when this process's packages
+    carry no git checkout (see :func:`engine.env.collect_env`).
     ``cfg.data`` empty: filled with the fingerprint of the data under ``data_root``; set: must equal it.
     A resume under another device type, precision mode, numerics version or path raises
     :class:`ResumeRefused` (see :func:`resume_conflict`). See the module docstring for failures.

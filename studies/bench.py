@@ -8,6 +8,9 @@ so that load from other processes hits both alike; ratios are the median of per-
   backward + AdamW step;
 * a full training epoch on ISIC2018 ``train`` at 256x256 including the per-batch data path
   (``engine.data.normalise`` + ``augment_batch``); ``--quick`` or no data: a subset / synthetic data;
+* ``paths`` (``--models``, ``--paths``): each registered model's training step on the channels-last view
+  (:mod:`zoo.views`) and/or ``torch.compile`` against its plain eager step; the registry's ``fast`` entries
+  follow what it measures (``results/bench/paths_cpu.csv``, checked by tests/test_paths.py);
 * ``pack8`` (default on CUDA): ``--pack K`` runs trained in lockstep (:mod:`engine.packed`), the aggregate
   training images/s of the K runs against one reference run's step at batch 8.
 
@@ -317,6 +320,69 @@ def bench_pack(ref: Candidate, device: torch.device, batch: int, k: int, rounds:
     return interleaved({"reference": reference, f"packed_{k}": packed}, rounds, device)
 
 
+PATH_CANDIDATES = ("channels_last", "compiled")
+PATH_MODELS = ("unet32", "unext_s", "unext", "malunet", "transfuse_lite")  # the compare suite's baselines
+
+
+def bench_paths(model: str, device: torch.device, batch: int, size: int, rounds: int, reps: int,
+                loss_fn: Callable, candidates: tuple[str, ...] = ("channels_last",)
+                ) -> tuple[dict[str, list[float]], dict[str, float], dict[str, float]]:
+    """Training-step images/s of registered ``model`` on each path, interleaved with its plain eager step
+    (``reference``): ``channels_last`` (:func:`zoo.views.channels_last`), ``compiled`` (``torch.compile``,
+    inductor; the first call's compile time is returned, not timed). Same weights and batch for all.
+    Returns the rates, the setup seconds and each path's max |logit diff| vs the reference."""
+    from zoo.contract import as_seg_output
+    from zoo.registry import create_model
+    from zoo.views import channels_last
+
+    def build() -> nn.Module:
+        torch.manual_seed(0)
+        return create_model(model).to(device)
+
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(batch, 3, size, size, generator=g).to(device)
+    y = (torch.rand(batch, 1, size, size, generator=g) > 0.5).float().to(device)
+    plain = build()
+    nets: dict[str, nn.Module] = {"reference": plain}
+    for c in candidates:
+        if c == "channels_last":
+            nets[c] = channels_last(build(), "train")
+        elif c == "compiled":
+            nets[c] = torch.compile(build())
+        else:
+            raise ValueError(f"unknown path {c!r}; known: {', '.join(PATH_CANDIDATES)}")
+    opts = {k: torch.optim.AdamW(m.parameters(), lr=1e-3) for k, m in nets.items()}
+    weights = tuple(plain.loss_weights)
+    diffs: dict[str, float] = {}
+    with torch.no_grad():  # same weights, eval mode (no dropout): every path's logits against the plain model's
+        for m in nets.values():
+            m.eval()
+        ref_logits = as_seg_output(plain(x)).logits
+        for k, m in nets.items():
+            diffs[k] = float((as_seg_output(m(x)).logits.double() - ref_logits.double()).abs().max())
+        for m in nets.values():
+            m.train()
+
+    def unit(k: str, n: int = reps) -> Callable[[], int]:
+        def f() -> int:
+            for _ in range(n):
+                loss = loss_fn(nets[k](x), y, weights)
+                opts[k].zero_grad(set_to_none=True)
+                loss.backward()
+                opts[k].step()
+            return batch * n
+        return f
+
+    setup: dict[str, float] = {}
+    for k in nets:  # the first training step: compilation of forward and backward for ``compiled``
+        t = time.perf_counter()
+        unit(k, 1)()
+        _sync(device)
+        setup[k] = time.perf_counter() - t
+    rates = interleaved({k: unit(k) for k in nets}, rounds, device, warmup=0)
+    return rates, setup, diffs
+
+
 def load_epoch_data(quick: bool, n_quick: int) -> tuple[Any, str]:
     from engine.data import dataset_available, load_split
 
@@ -548,7 +614,8 @@ def _table(rows: list[dict[str, str]]) -> list[str]:
     for r in rows:
         ref = r.get("candidate") == "reference"
         out.append("| " + " | ".join([
-            r.get("case", NA), r.get("batch", NA), r.get("candidate", NA), _fmt(r.get("img_per_s"), ".1f"),
+            f"{r.get('case', NA)} {r['model']}" if r.get("model") else r.get("case", NA), r.get("batch", NA),
+            r.get("candidate", NA), _fmt(r.get("img_per_s"), ".1f"),
             "1 (baseline)" if ref else _fmt(r.get("ratio_vs_reference")),
             "-" if ref else _ci_cell(r),
             "-" if ref else f"[{_fmt(r.get('ratio_min'))}, {_fmt(r.get('ratio_max'))}]",
@@ -727,8 +794,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, help="fast-path worker threads (default: threads)")
     p.add_argument("--extra", default="", help="comma list: fast_w2, compiled, amp (cuda)")
     p.add_argument("--cases", default=None,
-                   help="comma list of cases to run: infer1, infer16, train8, epoch, pack8 (default: the first "
-                        "four; cuda: infer1, infer16, train8, pack8)")
+                   help="comma list of cases to run: infer1, infer16, train8, epoch, pack8, paths (default: "
+                        "the first four; cuda: infer1, infer16, train8, pack8)")
+    p.add_argument("--models", default=",".join(PATH_MODELS),
+                   help=f"paths: registered models to measure (default: {','.join(PATH_MODELS)})")
+    p.add_argument("--paths", default="channels_last",
+                   help=f"paths: comma list of {', '.join(PATH_CANDIDATES)} measured against each model's plain "
+                        "eager step (compiled: torch.compile, compile time in setup_s)")
+    p.add_argument("--path-size", type=int, default=224, metavar="PX",
+                   help="paths: input side (default 224, the cpu budget's)")
     p.add_argument("--pack", type=int, default=4, metavar="K",
                    help="pack8: runs trained in lockstep (engine.packed), aggregate images/s vs one reference run")
     p.add_argument("--epoch-rounds", type=int, default=None,
@@ -836,6 +910,15 @@ def main(argv: list[str] | None = None) -> int:
         progress(f"{args.pack} runs packed, batch 8 each: {rounds} rounds")
         rows += summarise("pack", 8, bench_pack(cands["reference"], device, 8, args.pack, rounds,
                                                 1 if args.quick else 2, loss_fn), acc, env, setup)
+    if "paths" in cases:
+        for name in [m for m in args.models.split(",") if m]:
+            progress(f"{name}: training step on each path, batch 8, {args.path_size} px, {rounds} rounds")
+            rates, psetup, diffs = bench_paths(name, device, 8, args.path_size, rounds, 1, loss_fn,
+                                               tuple(c for c in args.paths.split(",") if c))
+            prow = summarise("path", 8, rates, {k: {"max_abs_diff": v} for k, v in diffs.items()}, env, psetup)
+            for r in prow:
+                r["model"], r["size"] = name, args.path_size
+            rows += prow
     epoch_note = ""
     if "epoch" in cases:
         data, epoch_note = load_epoch_data(args.quick, 64)
@@ -846,7 +929,7 @@ def main(argv: list[str] | None = None) -> int:
             if r["case"] == "epoch":
                 r["epoch_data"] = epoch_note
     if not rows:
-        fail(PROG, f"--cases {args.cases}: none of infer1, infer16, train8, epoch, pack8")
+        fail(PROG, f"--cases {args.cases}: none of infer1, infer16, train8, epoch, pack8, paths")
     for r in rows:
         r["fp32_floor_out"] = floor["fp32_floor_out"]
         r["max_abs_logit"] = floor["max_abs_logit"]
@@ -858,21 +941,23 @@ def main(argv: list[str] | None = None) -> int:
 
     table = Table(title=f"EGE-UNet: reference vs fast path ({env['device']}, threads {env['threads']}, "
                         f"fast workers {env['fast_workers']}, OMP_WAIT_POLICY {env['omp_wait_policy']})",
-                  box=box.SIMPLE_HEAD)
-    for col in ("case", "batch", "candidate", "img/s", "ratio", f"{100 * CI_LEVEL:.0f}% CI", "min-max",
-                "rounds"):
-        table.add_column(col, justify="right" if col not in ("case", "candidate") else "left")
+                  box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
+    for col in ("case", "b", "candidate", "img/s", "ratio", f"{100 * CI_LEVEL:.0f}% CI", "range", "n"):
+        left = col in ("case", "candidate")  # names are never cut: numbers fit at 80 columns
+        table.add_column(col, justify="left" if left else "right", no_wrap=True,
+                         min_width=9 if col in ("range", f"{100 * CI_LEVEL:.0f}% CI") else None)
     for r in rows:
         is_ref = r["candidate"] == "reference"
         ci = "-" if is_ref else ("n/a" if not math.isfinite(r["ratio_ci_low"]) else
                                  f"{r['ratio_ci_low']:.2f}-{r['ratio_ci_high']:.2f}")
-        table.add_row(r["case"], str(r["batch"]), r["candidate"], f"{r['img_per_s']:.1f}",
+        case = f"{r['case']} {r['model']}" if r.get("model") else r["case"]
+        table.add_row(case, str(r["batch"]), r["candidate"], f"{r['img_per_s']:.1f}",
                       "1.00" if is_ref else f"{r['ratio_vs_reference']:.2f}", ci,
                       "-" if is_ref else f"{r['ratio_min']:.2f}-{r['ratio_max']:.2f}", str(r["rounds"]))
     con.print(table)
-    con.print(f"img/s: median over rounds; ratio: median of the paired per-round ratios vs the reference; "
-              f"interval: {100 * CI_LEVEL:.0f}% percentile bootstrap over the paired rounds "
-              f"({CI_RESAMPLES} resamples); min-max: of the per-round ratios")
+    con.print(f"b: batch; img/s: median over rounds; ratio: median of the paired per-round ratios vs the "
+              f"reference; n: rounds; interval: {100 * CI_LEVEL:.0f}% percentile bootstrap over the paired rounds "
+              f"({CI_RESAMPLES} resamples); range: min-max of the per-round ratios")
     for name, c in cands.items():
         a = acc.get(name, {})
         acc_txt = "" if name == "reference" else \

@@ -135,9 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     _cli.add_format(p, "the --list, --dry-run or summary table")
     p.add_argument("--executor", default="local", metavar="E", help="where runs execute: local, ray (default: local)")
     p.add_argument("--fast", action=argparse.BooleanOptionalAction, default=None,
-                   help="train and evaluate through the fast path (egeunet.fast: same numbers to float32 round-off, "
-                        "faster on the CPU, measured in docs/performance.md; not part of the run's "
-                        "hash) (default: on for EGE-UNet models on the CPU, off elsewhere)")
+                   help="train and evaluate through the model's registered fast view (EGE-UNet: egeunet.fast; "
+                        "the baselines: channels-last, zoo.views), the same numbers to float32 round-off, "
+                        "measured in docs/performance.md; not part of the run's hash (default: on on the CPU "
+                        "for every model that declares a view, off elsewhere)")
     p.add_argument("--device", default="cpu", help="torch device for training, e.g. cpu, cuda, cuda:1 (default: cpu)")
     ray = p.add_argument_group("ray executor (--executor ray; needs pip install -e \".[ray]\"; see docs/ray.md)")
     ray.add_argument("--ray-address", metavar="ADDR",

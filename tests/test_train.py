@@ -291,5 +291,11 @@ def test_fast_path_is_the_cpu_default_for_egeunet_and_trains_like_the_plain_mode
         assert f["val_loss"] == pytest.approx(p["val_loss"], rel=1e-3)
     for key in ("pooled_dsc", "per_image_dsc_mean"):
         assert smoke_run.metrics["test"][key] == pytest.approx(plain.metrics["test"][key], abs=5e-3)
+    # a baseline trains through the view its entry declares (channels-last), like its plain path
     baseline = run_training(smoke_config(model="unext_s"), tmp_path / "base", **FAST)
-    assert load_record(baseline.record_dir).env["fast_path"] is False  # baselines keep the plain path
+    assert load_record(baseline.record_dir).env["fast_path"] is True
+    base_plain = run_training(smoke_config(model="unext_s"), tmp_path / "base_plain", **FAST, fast=False)
+    assert load_record(base_plain.record_dir).env["fast_path"] is False
+    for f, p in zip(load_record(baseline.record_dir).history, load_record(base_plain.record_dir).history,
+                    strict=True):
+        assert f["val_loss"] == pytest.approx(p["val_loss"], rel=1e-3)
