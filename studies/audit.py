@@ -27,7 +27,6 @@ import argparse
 import hashlib
 import json
 import math
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -37,6 +36,8 @@ from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
+
+from studies import _cli
 
 PROG = "python -m studies.audit"
 _RTOL = 1e-9
@@ -311,11 +312,12 @@ def audit(results: Path, strict: bool = False) -> tuple[list[Finding], list[dict
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description="Check every run record and suite table of a results "
-                                "folder: complete, recomputable, single-device, clean, traceable, seeds, "
-                                "checkpoints (2 MB rule).",
-                                epilog="exit status: 0 clean; 1 a violation (seed shortfalls only with --strict); "
-                                       "2 bad arguments")
+    p = _cli.parser(PROG, "Check every run record and suite table of a results folder: complete, "
+                          "recomputable, single-device, clean, traceable, seeds, checkpoints (2 MB rule).",
+                    epilog="examples:\n  python -m studies.audit --results results\n"
+                           "  python -m studies.audit --strict --format json\n\n"
+                           "exit status: 0 clean; 1 a violation (seed shortfalls only with --strict);\n"
+                           "2 bad arguments (one line on stderr)")
     p.add_argument("--results", default="results", metavar="DIR", help="results folder (default: results/)")
     p.add_argument("--strict", action="store_true", help="a table cell with fewer seeds than declared is an error")
     p.add_argument("--format", choices=("text", "json"), default="text", help="output format (default: text)")
@@ -326,8 +328,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     results = Path(args.results)
     if not results.is_dir():
-        print(f"{PROG}: error: --results {results} is not a folder", file=sys.stderr)
-        return 2
+        print(_cli.error_line(PROG, f"--results {results} is not a folder"), file=sys.stderr)
+        return _cli.USAGE_ERROR
     findings, summaries, n_records = audit(results, args.strict)
     errors = [f for f in findings if not f.warning]
     if args.format == "json":
@@ -344,7 +346,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     grouped: dict[tuple[bool, str], list[str]] = {}
     for f in findings:  # one line per record or table and severity
         grouped.setdefault((f.warning, f.where), []).append(f"[{f.check}] {f.message}")
-    width = shutil.get_terminal_size((80, 24)).columns
+    width = _cli.terminal_width()
     for (warning, where), msgs in grouped.items():
         text = f"{'warning' if warning else 'ERROR'} {where}: {'; '.join(msgs)}"
         print(textwrap.fill(text, width=max(40, width), subsequent_indent="    "))
