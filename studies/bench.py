@@ -60,6 +60,7 @@ import argparse  # noqa: E402
 import copy  # noqa: E402
 import math  # noqa: E402
 import platform  # noqa: E402
+import re  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
@@ -70,7 +71,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
-PROG = "studies.bench"
+PROG = "python -m studies.bench"
 DEFAULT_CSV = Path("results/bench/bench.csv")
 DEFAULT_ROUNDS = 15  # interleaved rounds per case: enough for a bootstrap interval of the median ratio
 QUICK_ROUNDS = 9
@@ -782,11 +783,25 @@ def finish_rows(rows: list[dict[str, Any]], loadavg_end: float | None, date: str
                           rows[0].get("cores") if rows else None)
 
 
+EXAMPLES = """examples:
+  python -m studies.bench                     # the default cases, 15 rounds
+  python -m studies.bench --quick             # fewer rounds: wider intervals
+  python -m studies.bench --cases paths --paths channels_last,compiled
+  python -m studies.bench --device cuda --quick  # results/bench/cuda_<gpu>.csv
+  python -m studies.bench --write-docs        # regenerate docs/performance.md"""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
-    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    from studies._cli import EXIT_LINE, parser
+
+    p = parser(PROG, "The reference EGE-UNet against the default fast path (and other models on their "
+                     "paths), interleaved round by round in one process; ratios with a 95% bootstrap interval, "
+                     "the load average and a warning when the machine was busy. Writes a CSV.",
+               epilog=f"{EXAMPLES}\n\n{EXIT_LINE}")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where to measure (default cpu)")
     p.add_argument("--quick", action="store_true", help="fewer rounds and calls per round, a 64-image epoch")
-    p.add_argument("--csv", type=Path, default=DEFAULT_CSV)
+    p.add_argument("--csv", type=Path, default=None,
+                   help=f"where to write the rows (default {DEFAULT_CSV}; cuda: results/bench/cuda_<gpu>.csv)")
     p.add_argument("--rounds", type=int, default=None,
                    help=f"interleaved rounds per case (default {DEFAULT_ROUNDS}, quick {QUICK_ROUNDS}); the 95%% "
                         f"interval needs at least {MIN_CI_ROUNDS}")
@@ -812,6 +827,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tf32", action="store_true",
                    help="cuda: let cuDNN / cuBLAS use TF32 for float32 (off by default: TF32 rounds inputs to a "
                         "10-bit mantissa, so fp32 outputs would no longer match the reference)")
+    from studies._cli import add_format
+
+    add_format(p, "the measured rows (every CSV column)")
     docs = p.add_argument_group("docs/performance.md")
     docs.add_argument("--write-docs", action="store_true",
                       help="measure nothing: regenerate --docs from the CSVs in --bench-dir and exit")
@@ -824,6 +842,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def default_csv(env: dict[str, Any]) -> Path:
+    """Where a run without ``--csv`` writes: ``results/bench/bench.csv`` on the CPU,
+    ``results/bench/cuda_<gpu>.csv`` on a GPU (``NVIDIA H200`` -> ``cuda_h200.csv``)."""
+    gpu = env.get("gpu")
+    if not gpu:
+        return DEFAULT_CSV
+    words = [w for w in re.split(r"[^a-z0-9]+", str(gpu).lower()) if w and w not in ("nvidia", "tesla", "geforce")]
+    return DEFAULT_CSV.with_name(f"cuda_{'_'.join(words) or 'gpu'}.csv")
+
+
 def _in_dir(path: Path, folder: Path) -> bool:
     try:
         return path.resolve().parent == folder.resolve()
@@ -832,10 +860,10 @@ def _in_dir(path: Path, folder: Path) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from studies._cli import console, fail, write_csv_atomic
+    from studies._cli import console, emit, fail, write_csv_atomic
 
     args = build_parser().parse_args(argv)
-    con = console()
+    con = console(stderr=args.format != "table")  # with --format json|csv stdout carries only the rows
     if args.write_docs:
         if not args.bench_dir.is_dir():
             fail(PROG, f"--bench-dir {args.bench_dir}: not a folder")
@@ -954,7 +982,10 @@ def main(argv: list[str] | None = None) -> int:
         table.add_row(case, str(r["batch"]), r["candidate"], f"{r['img_per_s']:.1f}",
                       "1.00" if is_ref else f"{r['ratio_vs_reference']:.2f}", ci,
                       "-" if is_ref else f"{r['ratio_min']:.2f}-{r['ratio_max']:.2f}", str(r["rounds"]))
-    con.print(table)
+    if args.format == "table":
+        con.print(table)
+    else:
+        emit(rows, list(dict.fromkeys(k for r in rows for k in r)), args.format)
     con.print(f"b: batch; img/s: median over rounds; ratio: median of the paired per-round ratios vs the "
               f"reference; n: rounds; interval: {100 * CI_LEVEL:.0f}% percentile bootstrap over the paired rounds "
               f"({CI_RESAMPLES} resamples); range: min-max of the per-round ratios")
@@ -972,7 +1003,7 @@ def main(argv: list[str] | None = None) -> int:
     if not warnings:
         con.print("trust: machine idle enough and every interval within "
                   f"{100 * WIDE_REL_HALFWIDTH:.0f}% of its ratio")
-    path = write_csv_atomic(rows, args.csv)
+    path = write_csv_atomic(rows, args.csv or default_csv(env))
     con.print(f"wrote {path}")
     if not args.no_docs and _in_dir(Path(path), args.bench_dir):
         con.print(f"wrote {write_docs(args.bench_dir, args.docs)} (from {args.bench_dir}/*.csv)")

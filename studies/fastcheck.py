@@ -59,6 +59,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch threads per run (default: 1)")
     p.add_argument("--results", type=Path, default=Path("results/fastcheck"),
                    help="where the run records and fastcheck.csv go (default: results/fastcheck)")
+    _cli.add_format(p, "the per-epoch rows (fastcheck.csv's columns)")
     return p.parse_args(argv)
 
 
@@ -116,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     from engine.record import load_record
     from engine.train import run_training
 
-    con = console()
+    con = console(stderr=args.format != "table")  # json|csv: stdout carries only the rows
     root = args.data_root
     if not dataset_available(args.dataset, root):
         fail(PROG, f"dataset {args.dataset!r} not found (looked under --data-root / $EGEUNET_DATA / ../shared/data); "
@@ -147,12 +148,13 @@ def main(argv: list[str] | None = None) -> int:
                            "train_s": sum(h["seconds"] for h in rec.history),
                            "reused": res.reused, "wall_s": round(time.time() - t0, 1)})
     out = write_csv_atomic(rows, args.results / "fastcheck.csv", COLUMNS)
-    _print(con, rows, finals, seeds, summarise(rows, seeds), out)
+    _cli.emit(rows, COLUMNS, args.format)
+    _print(con, rows, finals, seeds, summarise(rows, seeds), out, per_epoch=args.format == "table")
     return 0
 
 
 def _print(con: Any, rows: list[dict[str, Any]], finals: list[dict[str, Any]], seeds: list[int],
-           summary: dict[str, float], out: Path) -> None:
+           summary: dict[str, float], out: Path, per_epoch: bool = True) -> None:
     from rich.table import Table
 
     t = Table(title="validation pooled DSC per epoch (plain model vs fast path, same seeds)")
@@ -168,7 +170,8 @@ def _print(con: Any, rows: list[dict[str, Any]], finals: list[dict[str, Any]], s
             a, b = dsc[(s, "plain", e)], dsc[(s, "fast", e)]
             cells += [f"{a:.4f}", f"{b:.4f}", f"{abs(a - b):.4f}"]
         t.add_row(*cells)
-    con.print(t)
+    if per_epoch:
+        con.print(t)
     f = Table(title="selected checkpoint on the test split")
     for c in ("seed", "path", "best epoch", "test pooled DSC", "train s"):
         f.add_column(c, justify="right")

@@ -23,13 +23,14 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from rich import box
-from rich.console import Console
+from rich.console import Console, Group
 from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
 from studies import _cli, store
+from studies.reporting.names import display_name
 from studies.suites import (
     BUDGETS,
     DATASETS,
@@ -263,7 +264,7 @@ def _table(title: str) -> Table:
 
 
 LIST_COLUMNS = ("suite", "n_variants", "datasets", "seeds", "budget", "runs", "description", "variants")
-VARIANT_COLUMNS = ("suite", "variant", "label", "budgets")
+VARIANT_COLUMNS = ("suite", "variant", "label", "display", "budgets")
 
 
 def list_rows() -> list[dict[str, Any]]:
@@ -282,10 +283,13 @@ def list_rows() -> list[dict[str, Any]]:
 def variant_rows(name: str) -> list[dict[str, Any]]:
     """One row per variant of suite ``name`` (what ``--list NAME`` prints)."""
     s = get_suite(name)
-    rows = [{"suite": s.name, "variant": m, "label": s.label(m), "budgets": "all"} for m in s.variants]
+    def row(m: str, budgets: str) -> dict[str, Any]:
+        return {"suite": s.name, "variant": m, "label": s.label(m),
+                "display": display_name(s.label(m), s.model_of(m)), "budgets": budgets}
+
+    rows = [row(m, "all") for m in s.variants]
     for m in s.all_variants()[len(s.variants):]:
-        at = [b for b, vs in s.extra_at_budget.items() if m in vs]
-        rows.append({"suite": s.name, "variant": m, "label": s.label(m), "budgets": ", ".join(at)})
+        rows.append(row(m, ", ".join(b for b, vs in s.extra_at_budget.items() if m in vs)))
     return rows
 
 
@@ -294,19 +298,20 @@ def cmd_list(console: Console, name: str = "", fmt: str = "table") -> int:
         rows = variant_rows(name)
         s = get_suite(name)
 
-        def render() -> Table:
+        def render() -> Group:
             runs = "; ".join(f"{len(expand(s, budget=b))} runs at {b}" for b in dict.fromkeys((s.budget,
                                                                                               *s.extra_at_budget)))
             ref = f"; reference {s.label(s.reference)}" if s.reference else ""
-            t = _table(f"{s.name}: {s.description}\n{s.seeds} seeds, budget {s.budget}, datasets "
-                       f"{', '.join(s.datasets)}; {runs}{ref}")
+            head = Text(f"{s.name}: {s.description}\n{s.seeds} seeds, budget {s.budget}, datasets "
+                        f"{', '.join(s.datasets)}; {runs}{ref}")
+            t = Table(box=box.SIMPLE_HEAD, pad_edge=False)
             t.add_column("variant", overflow="fold")
-            t.add_column("label in tables", overflow="fold")
+            t.add_column("shown in tables as", overflow="fold")
             t.add_column("runs at", overflow="fold")
             for r in rows:
-                t.add_row(r["variant"], r["label"], r["budgets"] if r["budgets"] == "all" else
+                t.add_row(r["variant"], r["display"], r["budgets"] if r["budgets"] == "all" else
                           f"{r['budgets']} only")
-            return t
+            return Group(head, t)
 
         _cli.emit(rows, VARIANT_COLUMNS, fmt, console, render)
         return 0

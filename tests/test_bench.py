@@ -3,12 +3,14 @@ form, the trust columns and the accuracy columns are asserted (no timing asserti
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,3 +71,22 @@ def test_bench_write_docs_cli(tmp_path):
                           str(tmp_path / "missing")], cwd=ROOT, capture_output=True, text=True, timeout=300,
                          env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_bench_format_json_and_the_default_csv_per_device(tmp_path):
+    from studies.bench import DEFAULT_CSV, default_csv
+
+    assert default_csv({"device": "cpu"}) == DEFAULT_CSV
+    assert default_csv({"device": "cuda", "gpu": "NVIDIA H200"}) == DEFAULT_CSV.with_name("cuda_h200.csv")
+    assert default_csv({"device": "cuda", "gpu": "NVIDIA A100-SXM4-80GB"}).name == "cuda_a100_sxm4_80gb.csv"
+    csv = tmp_path / "b.csv"
+    proc = subprocess.run([sys.executable, "-m", "studies.bench", "--quick", "--cases", "infer1", "--rounds", "2",
+                           "--threads", "1", "--csv", str(csv), "--format", "json"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "80"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = json.loads(proc.stdout)  # stdout: only the rows, the same as the CSV's
+    df = pd.read_csv(csv)
+    assert [r["candidate"] for r in rows] == list(df["candidate"])
+    assert [r["img_per_s"] for r in rows] == pytest.approx(list(df["img_per_s"]))
+    assert "load average (1 min): before" in proc.stderr and "wrote" in proc.stderr

@@ -20,16 +20,22 @@ from pathlib import Path
 import pytest
 
 from studies import _cli
+from studies import audit as auditcli
+from studies import bench as benchcli
 from studies import budget as budgetcli
 from studies import data as datacli
+from studies import evaluate as evaluatecli
+from studies import export as exportcli
 from studies import fastcheck as fastcheckcli
 from studies import profile as profilecli
+from studies import report as reportcli
 from studies import run as runcli
 from studies.suites import SUITES
 
 ROOT = Path(__file__).resolve().parents[1]
 WIDTH = 80
-CLIS = {"run": runcli, "profile": profilecli, "budget": budgetcli, "data": datacli, "fastcheck": fastcheckcli}
+CLIS = {"run": runcli, "profile": profilecli, "budget": budgetcli, "data": datacli, "fastcheck": fastcheckcli,
+        "audit": auditcli, "bench": benchcli, "evaluate": evaluatecli, "export": exportcli, "report": reportcli}
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -85,6 +91,9 @@ def test_run_list_suite_prints_its_variants(cols80, capsys):
     _fits(out)
     for v in SUITES["ablation_ghpa"].all_variants():
         assert v in out
+    assert "w/o H-W branch" in out and "EGE-UNet" in out  # the label the tables print, not the key again
+    head = out.splitlines()[0]
+    assert head.startswith("ablation_ghpa: ") and SUITES["ablation_ghpa"].description in head  # one line at 80
     assert runcli.main(["--list", "nope"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("python -m studies.run: error: unknown suite 'nope'")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pytest
 
@@ -29,6 +31,12 @@ def test_fastcheck_trains_both_paths_per_seed_and_reuses_records(tmp_path, capsy
     assert "verdict" in out and "seed-to-seed" in out
     assert fastcheck.main([*ARGS, "--results", str(tmp_path)]) == 0  # finished records are reused
     assert "(reused)" in capsys.readouterr().out
+    assert fastcheck.main([*ARGS, "--results", str(tmp_path), "--format", "json"]) == 0
+    cap = capsys.readouterr()
+    rows = json.loads(cap.out)  # stdout: only the rows, as in fastcheck.csv ...
+    assert [list(r) for r in rows] == [list(fastcheck.COLUMNS)] * len(df)
+    assert [r["val_pooled_dsc"] for r in rows] == pytest.approx(df["val_pooled_dsc"].tolist())
+    assert "verdict" in cap.err and "(reused)" in cap.err  # ... the rest on stderr
 
 
 def test_summary_compares_same_seed_with_seed_to_seed():
