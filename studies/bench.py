@@ -65,7 +65,7 @@ import statistics  # noqa: E402
 import time  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Any, Callable  # noqa: E402
+from typing import Any, Callable, Sequence  # noqa: E402
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -608,6 +608,12 @@ def _meta(path: Path, rows: list[dict[str, str]], shown: str) -> list[str]:
     return lines + [""]
 
 
+def _candidate(r: dict[str, Any]) -> str:
+    """A row's candidate as shown: a layout row names its layout (``reference 1x2``: one worker, 2 threads)."""
+    c = str(r.get("candidate", NA))
+    return f"reference {r['layout']}" if r.get("layout") and c == "reference" else c
+
+
 def _table(rows: list[dict[str, str]]) -> list[str]:
     head = ["case", "batch", "candidate", "img/s (median)", "ratio vs reference (median)", "95% interval",
             "range [min, max]", "rounds", "max \\|diff\\| vs reference"]
@@ -616,7 +622,7 @@ def _table(rows: list[dict[str, str]]) -> list[str]:
         ref = r.get("candidate") == "reference"
         out.append("| " + " | ".join([
             f"{r.get('case', NA)} {r['model']}" if r.get("model") else r.get("case", NA), r.get("batch", NA),
-            r.get("candidate", NA), _fmt(r.get("img_per_s"), ".1f"),
+            _candidate(r), _fmt(r.get("img_per_s"), ".1f"),
             "1 (baseline)" if ref else _fmt(r.get("ratio_vs_reference")),
             "-" if ref else _ci_cell(r),
             "-" if ref else f"[{_fmt(r.get('ratio_min'))}, {_fmt(r.get('ratio_max'))}]",
@@ -787,6 +793,7 @@ EXAMPLES = """examples:
   python -m studies.bench                     # the default cases, 15 rounds
   python -m studies.bench --quick             # fewer rounds: wider intervals
   python -m studies.bench --cases paths --paths channels_last,compiled
+  python -m studies.bench --cases layout --rounds 6  # layout_cpu.csv
   python -m studies.bench --device cuda --quick  # results/bench/cuda_<gpu>.csv
   python -m studies.bench --write-docs        # regenerate docs/performance.md"""
 
@@ -809,15 +816,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, help="fast-path worker threads (default: threads)")
     p.add_argument("--extra", default="", help="comma list: fast_w2, compiled, amp (cuda)")
     p.add_argument("--cases", default=None,
-                   help="comma list of cases to run: infer1, infer16, train8, epoch, pack8, paths (default: "
-                        "the first four; cuda: infer1, infer16, train8, pack8)")
-    p.add_argument("--models", default=",".join(PATH_MODELS),
-                   help=f"paths: registered models to measure (default: {','.join(PATH_MODELS)})")
+                   help="comma list of cases to run: infer1, infer16, train8, epoch, pack8, paths, layout "
+                        "(default: the first four; cuda: infer1, infer16, train8, pack8; layout: worker "
+                        "processes x threads per model, for studies.run --workers auto)")
+    p.add_argument("--models", default=None,
+                   help=f"paths, layout: registered models to measure (default: {','.join(PATH_MODELS)}; "
+                        f"layout: egeunet too)")
     p.add_argument("--paths", default="channels_last",
                    help=f"paths: comma list of {', '.join(PATH_CANDIDATES)} measured against each model's plain "
                         "eager step (compiled: torch.compile, compile time in setup_s)")
     p.add_argument("--path-size", type=int, default=224, metavar="PX",
-                   help="paths: input side (default 224, the cpu budget's)")
+                   help="paths, layout: input side (default 224, the cpu budget's)")
     p.add_argument("--pack", type=int, default=4, metavar="K",
                    help="pack8: runs trained in lockstep (engine.packed), aggregate images/s vs one reference run")
     p.add_argument("--epoch-rounds", type=int, default=None,
@@ -842,10 +851,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def default_csv(env: dict[str, Any]) -> Path:
-    """Where a run without ``--csv`` writes: ``results/bench/bench.csv`` on the CPU,
+def default_csv(env: dict[str, Any], cases: Sequence[str] = ()) -> Path:
+    """Where a run without ``--csv`` writes: ``results/bench/bench.csv`` on the CPU (``layout_cpu.csv`` when
+    only the layout case ran: the file ``studies.run --workers auto`` reads),
     ``results/bench/cuda_<gpu>.csv`` on a GPU (``NVIDIA H200`` -> ``cuda_h200.csv``)."""
     gpu = env.get("gpu")
+    if not gpu and list(cases) == ["layout"]:
+        return DEFAULT_CSV.with_name("layout_cpu.csv")
     if not gpu:
         return DEFAULT_CSV
     words = [w for w in re.split(r"[^a-z0-9]+", str(gpu).lower()) if w and w not in ("nvidia", "tesla", "geforce")]
@@ -939,7 +951,7 @@ def main(argv: list[str] | None = None) -> int:
         rows += summarise("pack", 8, bench_pack(cands["reference"], device, 8, args.pack, rounds,
                                                 1 if args.quick else 2, loss_fn), acc, env, setup)
     if "paths" in cases:
-        for name in [m for m in args.models.split(",") if m]:
+        for name in [m for m in (args.models or ",".join(PATH_MODELS)).split(",") if m]:
             progress(f"{name}: training step on each path, batch 8, {args.path_size} px, {rounds} rounds")
             rates, psetup, diffs = bench_paths(name, device, 8, args.path_size, rounds, 1, loss_fn,
                                                tuple(c for c in args.paths.split(",") if c))
@@ -947,6 +959,25 @@ def main(argv: list[str] | None = None) -> int:
             for r in prow:
                 r["model"], r["size"] = name, args.path_size
             rows += prow
+    if "layout" in cases:
+        from studies.executors.local import default_threads
+        from studies.placement import layouts_for, measure_layouts
+
+        cores = args.threads or default_threads()
+        ref_layout = layouts_for(cores)[0]
+        for name in [m for m in (args.models or ",".join(("egeunet",) + PATH_MODELS)).split(",") if m]:
+            progress(f"{name}: training step in each layout of {cores} cores "
+                     f"({', '.join(lay.label for lay in layouts_for(cores))}), batch 8, {args.path_size} px, "
+                     f"{rounds} rounds")
+            rates = measure_layouts(name, cores, rounds=rounds, size=args.path_size,
+                                    unit_seconds=2.0 if args.quick else 4.0)
+            named = {("reference" if lay == ref_layout else lay.label): v for lay, v in rates.items()}
+            lrows = summarise("layout", 8, named, {}, env, {})
+            for r in lrows:
+                r["model"], r["size"] = name, args.path_size
+                r["layout"] = ref_layout.label if r["candidate"] == "reference" else r["candidate"]
+                r["cores"] = cores
+            rows += lrows
     epoch_note = ""
     if "epoch" in cases:
         data, epoch_note = load_epoch_data(args.quick, 64)
@@ -957,7 +988,7 @@ def main(argv: list[str] | None = None) -> int:
             if r["case"] == "epoch":
                 r["epoch_data"] = epoch_note
     if not rows:
-        fail(PROG, f"--cases {args.cases}: none of infer1, infer16, train8, epoch, pack8, paths")
+        fail(PROG, f"--cases {args.cases}: none of infer1, infer16, train8, epoch, pack8, paths, layout")
     for r in rows:
         r["fp32_floor_out"] = floor["fp32_floor_out"]
         r["max_abs_logit"] = floor["max_abs_logit"]
@@ -979,7 +1010,7 @@ def main(argv: list[str] | None = None) -> int:
         ci = "-" if is_ref else ("n/a" if not math.isfinite(r["ratio_ci_low"]) else
                                  f"{r['ratio_ci_low']:.2f}-{r['ratio_ci_high']:.2f}")
         case = f"{r['case']} {r['model']}" if r.get("model") else r["case"]
-        table.add_row(case, str(r["batch"]), r["candidate"], f"{r['img_per_s']:.1f}",
+        table.add_row(case, str(r["batch"]), _candidate(r), f"{r['img_per_s']:.1f}",
                       "1.00" if is_ref else f"{r['ratio_vs_reference']:.2f}", ci,
                       "-" if is_ref else f"{r['ratio_min']:.2f}-{r['ratio_max']:.2f}", str(r["rounds"]))
     if args.format == "table":
@@ -1003,7 +1034,7 @@ def main(argv: list[str] | None = None) -> int:
     if not warnings:
         con.print("trust: machine idle enough and every interval within "
                   f"{100 * WIDE_REL_HALFWIDTH:.0f}% of its ratio")
-    path = write_csv_atomic(rows, args.csv or default_csv(env))
+    path = write_csv_atomic(rows, args.csv or default_csv(env, cases))
     con.print(f"wrote {path}")
     if not args.no_docs and _in_dir(Path(path), args.bench_dir):
         con.print(f"wrote {write_docs(args.bench_dir, args.docs)} (from {args.bench_dir}/*.csv)")

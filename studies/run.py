@@ -118,8 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", metavar="PATH", help="data folder (default: $EGEUNET_DATA or ../shared/data)")
     p.add_argument("--strict-data", action="store_true",
                    help="fail (exit 2) instead of falling back to synthetic data when a dataset is missing")
-    p.add_argument("--workers", type=int, default=1, metavar="N",
-                   help="parallel worker processes; torch threads are split among them (default: 1)")
+    p.add_argument("--workers", default="auto", metavar="N|auto",
+                   help="parallel worker processes; torch threads are split among them (default: auto, the "
+                        "layout measured fastest for the suite's models on this many cores, "
+                        "results/bench/layout_cpu.csv; 1 where nothing was measured, at the smoke budget, on "
+                        "a GPU, with --pack or Ray)")
     p.add_argument("--pack", type=int, default=1, metavar="K",
                    help="train the seeds of each variant K at a time in lockstep, one vmapped step for K runs "
                         "(engine.packed; for GPUs, see docs/gpu.md; models with BatchNorm run alone; local "
@@ -485,10 +488,13 @@ def _run(args: argparse.Namespace, console: Console) -> int:
                         plan.hashes, plan.results, args.retry_failed, args.format)
     if not args.restart:
         _refuse_conflicts(plan.configs, plan.results, args)
+    layout_note = _resolve_workers(args, plan)
     executor = _make_executor(args, plan.budget)
     _prepare_results(console, plan)
     tasks = _make_tasks(args, plan, session_start)
     _announce(console, args, plan, tasks)
+    if layout_note:
+        console.print(f"  workers: {layout_note}")
     outcomes = _execute(console, executor, tasks, plan)
     if outcomes is None:
         return 130
@@ -502,13 +508,18 @@ def _check_args(args: argparse.Namespace, budget: str) -> None:
     from studies.executors import EXECUTORS
 
     _check_choice("executor", args.executor, list(EXECUTORS))
-    if args.workers < 1:
-        raise UsageError(f"--workers must be >= 1, got {args.workers}")
+    if args.workers != "auto":
+        try:
+            args.workers = int(args.workers)
+        except ValueError:
+            raise UsageError(f"--workers must be a number or auto, got {args.workers!r}") from None
+        if args.workers < 1:
+            raise UsageError(f"--workers must be >= 1, got {args.workers}")
     if args.threads is not None and args.threads < 1:
         raise UsageError(f"--threads must be >= 1, got {args.threads}")
     if args.pack < 1:
         raise UsageError(f"--pack must be >= 1, got {args.pack}")
-    if args.pack > 1 and (args.executor != "local" or args.workers > 1):
+    if args.pack > 1 and (args.executor != "local" or args.workers not in (1, "auto")):
         raise UsageError("--pack trains its packs in this process: use it with the local executor and one worker")
 
 
@@ -533,6 +544,24 @@ def _plan(args: argparse.Namespace) -> _Plan:
     configs = [store.make_config(s, root, fingerprints) for s in specs]
     return _Plan(suite=suite, budget=budget, results=results, datasets=datasets, data_root=root,
                  missing_data=notes, specs=specs, configs=configs, hashes=[store.config_hash(c) for c in configs])
+
+
+def _resolve_workers(args: argparse.Namespace, plan: _Plan) -> str | None:
+    """Turn ``--workers auto`` into a number (and the threads per worker) by :func:`studies.placement.choose_layout`
+    over the runs still to train; returns the line that says what was chosen and why (None: given by hand)."""
+    if args.workers != "auto":
+        return None
+    args.workers = 1
+    if args.executor != "local" or args.device != "cpu" or args.pack > 1 or plan.budget == "smoke":
+        return None  # nothing measured applies: one worker, as before the rule
+    from studies.executors.local import default_threads
+    from studies.placement import choose_layout
+
+    cores = args.threads or default_threads()
+    todo = [s.model for s, h in zip(plan.specs, plan.hashes) if not store.is_done(store.run_dir(plan.results, h))]
+    choice = choose_layout(todo, cores)
+    args.workers = choice.layout.workers  # the executor gives each worker cores // workers threads
+    return f"auto, {choice.layout.workers} x {choice.layout.threads} thread(s): {choice.reason}"
 
 
 def _make_executor(args: argparse.Namespace, budget: str) -> Any:
