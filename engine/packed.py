@@ -116,7 +116,7 @@ class _Pack:
 
     def _train_epoch(self, group: list[_Run], epoch: int, bar: EpochProgress) -> tuple[list[_Run], list[float]]:
         """One epoch of ``group`` in lockstep; returns the members still alive and their mean losses."""
-        from engine.data import augment_batch, normalise
+        from engine.data import augment_batch
 
         r, dev = group[0].recipe, group[0].device
         n, bs = group[0].n_train, r.batch_size
@@ -131,8 +131,7 @@ class _Pack:
             xs, ys = [], []
             for m in alive:
                 idx = perms[id(m)][s * bs:(s + 1) * bs]
-                x = normalise(m.train_data.images[idx], device=dev)
-                y = torch.from_numpy(m.train_data.masks[idx]).to(dev).unsqueeze(1).float()
+                x, y = m.batches.get(idx)
                 x, y = augment_batch(x, y, m.aug_gen, paper_quirks=r.paper_quirks, run_angle=m.run_angle)
                 xs.append(x)
                 ys.append(y)
@@ -248,9 +247,10 @@ def run_packed(cfgs: list[RunConfig], results_dir: str | os.PathLike, *, data_ro
                 m._write_config()
                 if i == 0:
                     m._load_data()
-                else:  # same dataset, protocol and size: one copy of the images for the whole pack
+                else:  # same dataset, protocol and size: one copy of the images (and batches) for the pack
                     m.train_data, m.val_data, m.n_train = members[0].train_data, members[0].val_data, \
                         members[0].n_train
+                    m.batches = members[0].batches
                 m._build()
                 m.packed = True
                 m._write_env(m._resume())

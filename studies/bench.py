@@ -182,8 +182,22 @@ def build_candidates(device: torch.device, extra: list[str], workers: int | None
         t1 = make_fast(m2, "train")
         cands["amp"] = Candidate("amp", make_fast(m1, "infer"), t1, torch.optim.AdamW(t1.parameters(), lr=1e-3),
                                  autocast=True, note="fast path + autocast fp16")
+    if "graph" in extra and device.type == "cuda":  # the reference captured whole (engine.graphs), train step only
+        from engine.graphs import GraphStep
+        from engine.losses import model_loss
+
+        m1 = copy.deepcopy(ref)
+        w = tuple(m1.loss_weights)
+        g = torch.Generator().manual_seed(2)  # the training case's batch shape (bench_train)
+        xg = torch.randn(8, 3, 256, 256, generator=g).to(device)
+        yg = (torch.rand(8, 1, 256, 256, generator=g) > 0.5).float().to(device)
+        t = time.perf_counter()
+        step = GraphStep(m1, lambda out, y: model_loss(out, y, w), xg, yg, lr=1e-3)
+        cands["graph"] = Candidate("graph", copy.deepcopy(ref), m1, step.optimizer, setup_s=time.perf_counter() - t,
+                                   note="ReferenceEGEUNet, CUDA-graph-captured training step (engine.graphs)",
+                                   extra={"graph_step": step})
     for name, c in cands.items():  # the plain reference keeps the plain loss (engine.train: fused=use_fast)
-        c.fused_loss = name != "reference"
+        c.fused_loss = name not in ("reference", "graph")
     return cands, ref
 
 
@@ -260,7 +274,11 @@ def bench_infer(cands: dict[str, Candidate], device: torch.device, batch: int, r
 
 def _train_step(c: Candidate, device: torch.device, x: torch.Tensor, y: torch.Tensor, weights: tuple,
                 loss_fn: Callable) -> None:
-    """Forward (autocast for the amp candidate) + loss + backward + AdamW step, as engine.train does."""
+    """Forward (autocast for the amp candidate) + loss + backward + AdamW step, as engine.train does (the graph
+    candidate: one replay of the captured step)."""
+    if "graph_step" in c.extra:
+        c.extra["graph_step"](x, y)
+        return
     with _amp(c, device):
         out = c.train(x)
     loss = loss_fn(out, y, weights, fused=c.fused_loss)
@@ -814,7 +832,8 @@ def build_parser() -> argparse.ArgumentParser:
                         f"interval needs at least {MIN_CI_ROUNDS}")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--workers", type=int, default=None, help="fast-path worker threads (default: threads)")
-    p.add_argument("--extra", default="", help="comma list: fast_w2, compiled, amp (cuda)")
+    p.add_argument("--extra", default="", help="comma list: fast_w2, compiled, amp (cuda), graph (cuda: the "
+                                               "CUDA-graph-captured training step)")
     p.add_argument("--cases", default=None,
                    help="comma list of cases to run: infer1, infer16, train8, epoch, pack8, paths, layout "
                         "(default: the first four; cuda: infer1, infer16, train8, pack8; layout: worker "
@@ -909,7 +928,7 @@ def main(argv: list[str] | None = None) -> int:
     # the batch is split over worker threads on the CPU only (FastModel._chunks)
     env = environment(device, cands["fast"].train.workers if device.type == "cpu" else 1, load_start)
     con.print(f"[bold]EGE-UNet bench[/bold]: {escape(str(env))}")
-    setup: dict[str, float] = {}
+    setup: dict[str, float] = {n: c.setup_s for n, c in cands.items() if c.setup_s}  # e.g. graph capture
     if "compiled" in cands:  # compile outside the timed rounds; report the time
         c = cands["compiled"]
         xb = torch.randn(8, 3, 256, 256, device=device)

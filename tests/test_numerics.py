@@ -36,8 +36,10 @@ def test_training_numerics_match_the_golden_fingerprint(path):
 def test_a_numerics_change_without_a_bump_is_caught(monkeypatch):
     original = train.model_loss
 
-    def reweighted(out, y, weights, **kw):  # a "harmless" 1 % change of the deep-supervision weights
-        return original(out, y, tuple(w * 1.01 for w in weights), **kw)
+    def reweighted(out, y, weights, **kw):  # a "harmless" 1 % change of the side outputs' weights
+        # (not of all weights alike: AdamW is nearly invariant to a uniform scale of the loss, so the weights
+        # could come out the same to the fingerprint's precision)
+        return original(out, y, (weights[0], *(w * 1.01 for w in weights[1:])), **kw)
 
     monkeypatch.setattr(train, "model_loss", reweighted)
     diffs = compare_fingerprints(_golden()["paths"]["plain"], golden_fingerprint(fast=False))

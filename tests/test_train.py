@@ -299,3 +299,34 @@ def test_fast_path_is_the_cpu_default_for_egeunet_and_trains_like_the_plain_mode
     for f, p in zip(load_record(baseline.record_dir).history, load_record(base_plain.record_dir).history,
                     strict=True):
         assert f["val_loss"] == pytest.approx(p["val_loss"], rel=1e-3)
+
+
+def test_resident_batches_equal_host_batches():
+    """The training split held on the device (uint8, batched there) gives the host path's tensors bit for bit."""
+    from engine.data import load_split
+    from engine.train import TrainBatches, resident_policy
+
+    data = load_split("synthetic", "train", size=64, n=12)
+    host = TrainBatches(data.images, data.masks, 12, torch.device("cpu"))
+    held = TrainBatches(data.images, data.masks, 12, torch.device("cpu"), resident=True)
+    assert not host.resident and held.resident and isinstance(held.images, torch.Tensor)
+    idx = np.array([5, 0, 11, 5])
+    (xa, ya), (xb, yb) = host.get(idx), held.get(idx)
+    assert xa.shape == (4, 3, 64, 64) and ya.shape == (4, 1, 64, 64)
+    assert torch.equal(xa, xb) and torch.equal(ya, yb) and set(ya.unique().tolist()) <= {0.0, 1.0}
+    assert not resident_policy(torch.device("cpu"), 1)  # the CPU batches from its memory map
+
+
+def test_a_run_on_resident_data_is_the_same_run(smoke_run, smoke_config, tmp_path, monkeypatch):
+    """The resident path (CUDA's default) forced on the CPU trains the same weights as the host path."""
+    import engine.train as train
+
+    monkeypatch.setattr(train, "resident_policy", lambda device, nbytes: True)
+    made = []
+    real = train.TrainBatches
+    monkeypatch.setattr(train, "TrainBatches", lambda *a, **k: made.append(real(*a, **k)) or made[-1])
+    res = run_training(smoke_config(), tmp_path, **FAST)
+    assert made and all(b.resident for b in made)
+    a, b = _weights(smoke_run.record_dir), _weights(res.record_dir)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert res.metrics["test"] == smoke_run.metrics["test"]
