@@ -75,6 +75,7 @@ class GitView:
 
     top: Path | None = None  # the work tree holding the results folder
     committed: dict[Path, int] = field(default_factory=dict)  # best.pt in git's index -> size of its blob
+    resume_states: set[Path] = field(default_factory=set)  # latest.pt in git's index (an unfinished run carried)
 
     def is_ignored(self, path: Path) -> bool:
         if self.top is None:
@@ -102,6 +103,8 @@ def git_view(results: Path) -> GitView:
         rel = (results.resolve() / "runs").relative_to(view.top).as_posix()
     except ValueError:
         return view
+    latest = _git(view.top, "ls-files", "-z", "--", f"{rel}/*/checkpoints/latest.pt") or ""
+    view.resume_states = {view.top / p for p in latest.split("\0") if p}
     listed = _git(view.top, "ls-files", "-s", "-z", "--", f"{rel}/*/checkpoints/best.pt") or ""
     entries = [(e.split("\t", 1)[0].split()[1], e.split("\t", 1)[1]) for e in listed.split("\0") if "\t" in e]
     if entries:
@@ -194,6 +197,10 @@ def audit_record(rec: Path, git: GitView | None = None) -> tuple[list[Finding], 
         reason = (r.status or {}).get("reason")
         return [Finding(name, "complete", f"run status is {(r.status or {}).get('status')!r} ({reason})")], None
     out += checkpoint_findings(r, git)
+    latest = rec.resolve() / "checkpoints" / "latest.pt"
+    if git is not None and latest in git.resume_states:
+        out.append(Finding(name, "checkpoint", "latest.pt (resume state) is still committed with a finished run: "
+                                               f"`git rm --cached {latest.relative_to(git.top)}`", warning=True))
     if missing:
         out.append(Finding(name, "complete", f"missing {', '.join(missing)}"))
         return out, None

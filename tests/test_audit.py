@@ -206,3 +206,19 @@ def test_large_checkpoint_must_stay_out_of_git(clean_results, tmp_path):
     _git(repo, "add", "-f", f"results/runs/{small.name}/checkpoints/best.pt",
          f"results/runs/{recs[2].name}/checkpoints/best.pt")
     assert _checkpoint_errors(results) == []
+
+
+def test_a_committed_resume_state_of_a_finished_run_is_a_warning(clean_results, tmp_path):
+    """An unfinished run's latest.pt may be committed to carry it to another checkout (docs/campaign.md); once
+    the run is done, the audit says to take it out of the index again."""
+    repo = tmp_path / "repo"
+    results, recs = _copy(clean_results, repo)
+    _git(repo, "init", "-q")
+    latest = recs[0] / "checkpoints" / "latest.pt"
+    latest.write_bytes(b"resume state")
+    assert not [f for f in audit(results)[0] if "latest.pt" in f.message]
+    _git(repo, "add", "-f", str(latest.relative_to(repo)))
+    found = [f for f in audit(results)[0] if "latest.pt" in f.message]
+    assert len(found) == 1 and found[0].warning and found[0].where == f"runs/{recs[0].name}"
+    assert f"git rm --cached results/runs/{recs[0].name}/checkpoints/latest.pt" in found[0].message
+    assert main(["--results", str(results)]) == 0  # a warning: the audit still passes
