@@ -18,6 +18,7 @@ starting processes costs more than it saves), a GPU, and ``--pack``.
 from __future__ import annotations
 
 import csv
+import functools
 import math
 import multiprocessing as mp
 import os
@@ -81,24 +82,28 @@ def read_layout_rows(path: str | os.PathLike = LAYOUT_CSV) -> dict[int, dict[str
     return out
 
 
+@functools.lru_cache(maxsize=None)
+def _params(name: str) -> int:
+    from zoo.registry import create_model
+
+    return sum(p.numel() for p in create_model(name).parameters())
+
+
 def _proxy(model: str, measured: Iterable[str]) -> str | None:
     """The measured model that stands in for ``model``: itself, else the one with the same fast view and
     the nearest parameter count."""
     measured = list(measured)
     if model in measured:
         return model
-    from zoo.registry import create_model, get_entry
-
-    def params(name: str) -> int:
-        return sum(p.numel() for p in create_model(name).parameters())
+    from zoo.registry import get_entry
 
     try:
         fast = get_entry(model).fast
         same = [m for m in measured if get_entry(m).fast == fast]
         if not same:
             return None
-        n = params(model)
-        return min(same, key=lambda m: abs(math.log(params(m) / n)))
+        n = _params(model)
+        return min(same, key=lambda m: abs(math.log(_params(m) / n)))
     except Exception:  # an unknown or unbuildable model: no proxy, the estimate leaves it out
         return None
 
