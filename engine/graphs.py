@@ -61,7 +61,6 @@ class GraphStep:
         self.lr = torch.tensor(lr, device=dev)
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=self.lr, capturable=True, **optimizer_kwargs)
         self.static_x, self.static_y = example_x.clone(), example_y.clone()
-        self.batch = example_x.shape[0]
 
         saved_model = copy.deepcopy(model.state_dict())
         stream = torch.cuda.Stream(device=dev)

@@ -876,7 +876,9 @@ def default_csv(env: dict[str, Any], cases: Sequence[str] = ()) -> Path:
     ``results/bench/cuda_<gpu>.csv`` on a GPU (``NVIDIA H200`` -> ``cuda_h200.csv``)."""
     gpu = env.get("gpu")
     if not gpu and list(cases) == ["layout"]:
-        return DEFAULT_CSV.with_name("layout_cpu.csv")
+        from studies.placement import LAYOUT_CSV
+
+        return DEFAULT_CSV.with_name(LAYOUT_CSV.name)
     if not gpu:
         return DEFAULT_CSV
     words = [w for w in re.split(r"[^a-z0-9]+", str(gpu).lower()) if w and w not in ("nvidia", "tesla", "geforce")]
