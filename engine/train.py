@@ -51,6 +51,7 @@ from engine.checkpoint import (
 )
 from engine.config import BUDGETS, Budget, Recipe, RunConfig, lr_at_epoch
 from engine.env import derived_seed, env_record, runtime, seed_everything
+from engine.optim import make_adamw
 from engine.evaluate import (
     METRIC_CONVENTIONS, PER_IMAGE_COLUMNS, EvalResult, eval_target_key, evaluate, is_better, parse_eval_target,
     selection_info,
@@ -275,11 +276,8 @@ class _Run:
         self.weights = loss_weights_of(self.model)
         self.use_fast = uses_fast_path(cfg.model, self.device, self.fast_request)
         self.train_model, self.eval_model = fast_views(cfg.model, self.model, self.use_fast)
-        opt_cls: Any = torch.optim.AdamW
-        if self.use_fast:  # the fast path also takes the fused AdamW kernel on the CPU
-            from engine.optim import adamw as opt_cls
-        self.optimizer = opt_cls(self.model.parameters(), lr=r.lr, betas=r.betas, eps=r.eps,
-                                 weight_decay=r.weight_decay, amsgrad=False)
+        self.optimizer = make_adamw(self.model.parameters(), self.use_fast, lr=r.lr, betas=r.betas, eps=r.eps,
+                                    weight_decay=r.weight_decay, amsgrad=False)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=r.t_max, eta_min=r.eta_min)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.data_gen = torch.Generator().manual_seed(derived_seed(cfg.seed, "data-order"))

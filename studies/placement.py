@@ -148,14 +148,14 @@ def _layout_worker(conn, model: str, threads: int, size: int, batch: int) -> Non
     torch.set_num_interop_threads(1)
     from engine.fastview import fast_views, uses_fast_path
     from engine.losses import model_loss
-    from engine.optim import adamw
+    from engine.optim import make_adamw
     from zoo.registry import create_model
 
     torch.manual_seed(0)
     net = create_model(model)
     fast = uses_fast_path(model, "cpu")
     train, _ = fast_views(model, net, fast)
-    opt = adamw(net.parameters(), lr=1e-3) if fast else torch.optim.AdamW(net.parameters(), lr=1e-3)
+    opt = make_adamw(net.parameters(), fast, lr=1e-3)
     g = torch.Generator().manual_seed(4)
     x = torch.randn(batch, 3, size, size, generator=g)
     y = (torch.rand(batch, 1, size, size, generator=g) > 0.5).float()

@@ -19,6 +19,7 @@ import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -477,6 +478,11 @@ class _Plan:
     def synthetic(self) -> bool:
         return any(s.dataset == "synthetic" for s in self.specs)
 
+    @cached_property
+    def done_before(self) -> list[bool]:
+        """Per run: finished before this invocation trained anything (read once from the store)."""
+        return [store.is_done(store.run_dir(self.results, h)) for h in self.hashes]
+
 
 def _run(args: argparse.Namespace, console: Console) -> int:
     session_start = time.time()
@@ -558,7 +564,7 @@ def _resolve_workers(args: argparse.Namespace, plan: _Plan) -> str | None:
     from studies.placement import choose_layout
 
     cores = args.threads or default_threads()
-    todo = [s.model for s, h in zip(plan.specs, plan.hashes) if not store.is_done(store.run_dir(plan.results, h))]
+    todo = [s.model for s, done in zip(plan.specs, plan.done_before) if not done]
     choice = choose_layout(todo, cores)
     args.workers = choice.layout.workers  # the executor gives each worker cores // workers threads
     return f"auto, {choice.layout.workers} x {choice.layout.threads} thread(s): {choice.reason}"
@@ -607,7 +613,7 @@ def _make_tasks(args: argparse.Namespace, plan: _Plan, session_start: float) -> 
 def _announce(console: Console, args: argparse.Namespace, plan: _Plan, tasks: list[Any]) -> None:
     """One line: what runs, how many are done already, and where the results go."""
     suite = plan.suite
-    already = sum(store.is_done(store.run_dir(plan.results, h)) for h in plan.hashes)
+    already = sum(plan.done_before)
     console.print(
         f"suite [bold]{suite.name}[/]: {len(tasks)} runs ({already} already done), budget {plan.budget}, "
         f"protocol {args.protocol}, datasets {', '.join(plan.datasets)}, "

@@ -330,3 +330,13 @@ def test_a_run_on_resident_data_is_the_same_run(smoke_run, smoke_config, tmp_pat
     a, b = _weights(smoke_run.record_dir), _weights(res.record_dir)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert res.metrics["test"] == smoke_run.metrics["test"]
+
+
+def test_make_adamw_is_fused_on_the_fast_path_only():
+    from engine.optim import make_adamw
+
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    fast = make_adamw(params, True, lr=1e-3, weight_decay=0.5)
+    plain = make_adamw(params, False, lr=1e-3, weight_decay=0.5)
+    assert fast.defaults["fused"] is True and not plain.defaults["fused"]
+    assert fast.defaults["weight_decay"] == plain.defaults["weight_decay"] == 0.5
