@@ -23,7 +23,7 @@ from torch import nn
 
 from engine.env import capture_rng, restore_rng
 from engine.fastview import uses_fast_path
-from engine.numerics import precision_mode, resume_key
+from engine.numerics import precision_mode, resume_key, training_path
 from engine.record import RecordError, atomic_torch_save, load_record, read_status, record_dir_for
 
 if TYPE_CHECKING:
@@ -126,7 +126,7 @@ def restore_training(ck: dict[str, Any], *, model: nn.Module, optimizer: Any, sc
 
 
 def resume_conflict(cfg: "RunConfig", results_dir: str | os.PathLike, *, device: str | torch.device = "cpu",
-                    fast: bool | None = None, packed: bool = False) -> str | None:
+                    fast: bool | None = None, packed: bool = False, graph: bool = False) -> str | None:
     """Why the unfinished record of ``cfg`` (data resolved) cannot resume here, or None.
 
     The session that started the run (``env.json`` ``sessions[0]``) fixes the device type, precision mode,
@@ -149,8 +149,9 @@ def resume_conflict(cfg: "RunConfig", results_dir: str | os.PathLike, *, device:
         started = load_record(rdir).started_resume_key
     except RecordError as e:
         return f"run {rdir.name}: {e}"
-    want = resume_key(device, precision_mode(device, cfg.resolved_recipe().amp),
-                      uses_fast_path(cfg.model, device, fast), path="packed" if packed else None)
+    use_fast = uses_fast_path(cfg.model, device, fast)
+    want = resume_key(device, precision_mode(device, cfg.resolved_recipe().amp), use_fast,
+                      path=training_path(fast=use_fast, packed=packed, graph=graph))
     diffs = [f"{k} {started.get(k)!r} -> {v!r}" for k, v in want.items() if started.get(k) != v]
     if not diffs:
         return None

@@ -1,35 +1,39 @@
-"""A CUDA-graph-captured training step: forward, loss, backward and AdamW replayed as one graph launch.
+"""A CUDA-graph-captured training step: forward, loss and backward replayed as one graph launch.
 
 A 53 K-parameter network is bound on a GPU by kernel launches (docs/gpu.md): one EGE-UNet step at batch 8 is
-some hundreds of small kernels. Captured once into a ``torch.cuda.CUDAGraph`` with static input buffers, a
-step is two copies (the batch into the static buffers) and one replay.
+some hundreds of small kernels. Captured once into a ``torch.cuda.CUDAGraph`` with static input buffers, the
+forward, the loss and the backward of a step are two copies (the batch into the static buffers) and one replay.
+The optimizer step (a few multi-tensor kernels) then runs eagerly, through the run's ``GradScaler`` -- so
+AMP, its skipped steps and its scale updates work as in an eager run, and the run keeps its own optimizer,
+schedule and checkpoint state untouched by the capture.
 
-Constraints of capture, and how they are met:
+How the constraints of capture are met:
 
 * static shapes: the batch size is fixed at capture; a ragged last batch is trained eagerly by the same
-  module and optimizer (:meth:`GraphStep.__call__` falls back);
-* the optimizer steps inside the graph: ``torch.optim.AdamW(..., capturable=True)`` with ``lr`` a device
-  tensor, so a schedule changes it between replays (:meth:`GraphStep.set_lr`) without a recapture;
-* capture needs warm-up iterations on a side stream; they would train the model, so the parameters and the
-  optimizer state are saved before and restored after them: the first real step starts from the weights
-  the run built;
-* no AMP (a GradScaler's skipped steps cannot be replayed) and no host synchronisation inside the step; the
-  loss stays on the device until the caller reads it.
+  module, gradients and optimizer (:meth:`GraphStep.__call__` falls back);
+* static gradients: the captured backward writes the parameters' ``.grad`` tensors, which the optimizer then
+  reads; nothing may set them to None afterwards (the eager fallback zeroes them in place instead);
+* the scale of AMP's ``GradScaler`` is a device tensor updated in place, so the graph always reads the
+  current one; autocast runs with ``cache_enabled=False`` inside the capture (PyTorch's rule for graphs);
+* capture needs warm-up iterations on a side stream: they compute gradients only (no optimizer step), and the
+  buffers (BatchNorm statistics) and the CUDA random state are restored after them, so the first real step
+  sees exactly what an eager first step would;
+* no host synchronisation inside the captured part; the loss stays on the device until the caller reads it.
 
 CUDA only: :func:`graph_problem` says why a step cannot be captured here (e.g. no GPU), and tests skip on
-it. Not yet measured on a GPU: ``python -m studies.bench --device cuda --extra graph`` adds it to the
-training-step case.
+it. ``engine.train`` uses it for a run with ``cuda_graph=True`` (``studies.run --cuda-graph``; its training
+path is ``graph``, and a run never resumes on another path). Not yet measured on a GPU: ``python -m
+studies.bench --device cuda --extra graph`` adds it to the training-step case.
 """
 
 from __future__ import annotations
 
-import copy
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["GraphStep", "graph_problem", "WARMUP_STEPS"]
+__all__ = ["GraphStep", "graph_problem", "graph_refusal", "WARMUP_STEPS"]
 
 WARMUP_STEPS = 3  # side-stream iterations before capture (PyTorch's recipe for whole-network capture)
 
@@ -44,63 +48,71 @@ def graph_problem(device: torch.device | str) -> str | None:
     return None
 
 
+def graph_refusal(device: torch.device | str, *, fast: bool) -> str | None:
+    """Why a run cannot train with a captured step: no CUDA device, or the fast view (its CPU worker threads
+    cannot be captured); None when it can."""
+    problem = graph_problem(device)
+    if problem:
+        return f"a CUDA-graph-captured step: {problem}"
+    if fast:
+        return "a CUDA-graph-captured step runs the plain model; turn the fast path off (--no-fast)"
+    return None
+
+
 class GraphStep:
-    """``step(x, y) -> loss`` (a device tensor) for ``model`` trained by ``loss_fn(output, y)``, captured.
+    """``step(x, y) -> loss`` (a device tensor): one training step of ``model`` with ``optimizer``.
 
-    ``optimizer_kwargs`` are AdamW's (``lr`` a float, turned into a device tensor). The optimizer is built
-    here (capturable); use :attr:`optimizer` for its state and :meth:`set_lr` for the schedule."""
+    ``loss_fn(model, x, y)`` computes the (unscaled) loss of a batch, autocast included where the run uses
+    AMP (with ``cache_enabled=False``). ``scaler``: the run's ``torch.amp.GradScaler`` (a disabled one for
+    fp32); the backward runs on ``scaler.scale(loss)``, and after it ``scaler.step(optimizer)`` and
+    ``scaler.update()``, eagerly. The parameters, optimizer state, buffers and CUDA random state are the
+    same after the capture as before it."""
 
-    def __init__(self, model: nn.Module, loss_fn: Callable[[Any, Tensor], Tensor], example_x: Tensor,
-                 example_y: Tensor, **optimizer_kwargs: Any) -> None:
+    def __init__(self, model: nn.Module, loss_fn: Callable[[nn.Module, Tensor, Tensor], Tensor],
+                 optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, example_x: Tensor,
+                 example_y: Tensor) -> None:
         problem = graph_problem(example_x.device)
         if problem:
             raise RuntimeError(problem)
         dev = example_x.device
-        self.model, self.loss_fn = model, loss_fn
-        lr = float(optimizer_kwargs.pop("lr", 1e-3))
-        self.lr = torch.tensor(lr, device=dev)
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=self.lr, capturable=True, **optimizer_kwargs)
+        self.model, self.loss_fn, self.optimizer, self.scaler = model, loss_fn, optimizer, scaler
         self.static_x, self.static_y = example_x.clone(), example_y.clone()
 
-        saved_model = copy.deepcopy(model.state_dict())
+        saved_buffers = {k: v.clone() for k, v in model.named_buffers()}
+        saved_rng = torch.cuda.get_rng_state(dev)
         stream = torch.cuda.Stream(device=dev)
         stream.wait_stream(torch.cuda.current_stream(dev))
         with torch.cuda.stream(stream):
             for _ in range(WARMUP_STEPS):
-                self._eager(self.static_x, self.static_y)
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scaler.scale(self.loss_fn(self.model, self.static_x, self.static_y)).backward()
         torch.cuda.current_stream(dev).wait_stream(stream)
-        # the warm-up trained: back to the built weights and a fresh optimizer state (kept in place, the graph
-        # reads these very tensors)
-        with torch.no_grad():
-            for k, v in model.state_dict().items():
-                v.copy_(saved_model[k])
-            for state in self.optimizer.state.values():
-                for v in state.values():
-                    if isinstance(v, Tensor):
-                        v.zero_()
-        self.optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():  # the warm-up's forwards moved BatchNorm statistics and the random state
+            for k, v in model.named_buffers():
+                v.copy_(saved_buffers[k])
+        torch.cuda.set_rng_state(saved_rng, dev)
+        self.optimizer.zero_grad(set_to_none=True)  # the capture allocates the static gradients
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
-            self.static_loss = self.loss_fn(self.model(self.static_x), self.static_y)
-            self.static_loss.backward()
-            self.optimizer.step()
-
-    def _eager(self, x: Tensor, y: Tensor) -> Tensor:
-        self.optimizer.zero_grad(set_to_none=False)
-        loss = self.loss_fn(self.model(x), y)
-        loss.backward()
-        self.optimizer.step()
-        return loss.detach()
-
-    def set_lr(self, lr: float) -> None:
-        """The learning rate of the next steps (a schedule calls this once per epoch)."""
-        self.lr.fill_(float(lr))
+            self.static_loss = self.loss_fn(self.model, self.static_x, self.static_y)
+            self.scaler.scale(self.static_loss).backward()
 
     def __call__(self, x: Tensor, y: Tensor) -> Tensor:
         """One training step on ``(x, y)``; returns the loss (on the device)."""
         if x.shape != self.static_x.shape or y.shape != self.static_y.shape:
-            return self._eager(x, y)  # a ragged last batch: the same module and optimizer, uncaptured
-        self.static_x.copy_(x)
-        self.static_y.copy_(y)
-        self.graph.replay()
-        return self.static_loss.detach()
+            loss = self._eager(x, y)  # a ragged batch: the same module, gradients and optimizer, uncaptured
+        else:
+            self.static_x.copy_(x)
+            self.static_y.copy_(y)
+            self.graph.replay()
+            loss = self.static_loss.detach()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return loss
+
+    def _eager(self, x: Tensor, y: Tensor) -> Tensor:
+        self.optimizer.zero_grad(set_to_none=False)  # in place: the graph keeps writing these tensors
+        loss = self.loss_fn(self.model, x, y)
+        self.scaler.scale(loss).backward()
+        return loss.detach()
+

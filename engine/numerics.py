@@ -24,7 +24,7 @@ from typing import Any, Sequence
 
 import torch
 
-__all__ = ["NUMERICS_VERSION", "precision_mode", "resume_key", "golden_fingerprint", "compare_fingerprints",
+__all__ = ["NUMERICS_VERSION", "precision_mode", "resume_key", "training_path", "golden_fingerprint", "compare_fingerprints",
            "GOLDEN_RTOL"]
 
 #: bump on any change of training numerics (then rewrite the committed golden fingerprint)
@@ -48,12 +48,19 @@ def precision_mode(device: str | torch.device, amp: bool) -> str:
     return "tf32" if tf32 else "fp32"
 
 
+def training_path(*, fast: bool, packed: bool = False, graph: bool = False) -> str:
+    """The name of a run's training path: ``packed`` (:mod:`engine.packed`), ``graph`` (a CUDA-graph-captured
+    step, :mod:`engine.graphs`), ``fast`` (the registry's fast view) or ``plain``."""
+    return "packed" if packed else "graph" if graph else "fast" if fast else "plain"
+
+
 def resume_key(device: str | torch.device, precision: str, fast_path: bool, *,
                path: str | None = None) -> dict[str, Any]:
     """What a resumed session must share with the session that started the run. ``path``: ``packed`` for
-    runs trained in lockstep by :mod:`engine.packed` (default: ``fast`` or ``plain`` from ``fast_path``)."""
+    runs trained in lockstep by :mod:`engine.packed`, ``graph`` for a captured step (default: ``fast`` or
+    ``plain`` from ``fast_path``; see :func:`training_path`)."""
     return {"device_type": torch.device(device).type, "precision": precision,
-            "numerics_version": NUMERICS_VERSION, "path": path or ("fast" if fast_path else "plain")}
+            "numerics_version": NUMERICS_VERSION, "path": path or training_path(fast=fast_path)}
 
 
 def _weights_summary(state: dict[str, torch.Tensor]) -> dict[str, Any]:

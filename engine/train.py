@@ -59,7 +59,7 @@ from engine.evaluate import (
 from engine.fastview import fast_views, uses_fast_path
 from engine.losses import model_loss
 from engine.metrics import SUMMARY_KEYS
-from engine.numerics import precision_mode, resume_key
+from engine.numerics import precision_mode, resume_key, training_path
 from engine.progress import EpochProgress
 from engine.record import (
     atomic_write_csv, atomic_write_json, read_json, read_json_or_empty, read_metrics, read_status, record_dir_for,
@@ -95,7 +95,7 @@ def run_training(cfg: RunConfig, results_dir: str | os.PathLike, *, data_root: s
                  device: str | torch.device = "cpu", threads: int | None = None, progress: Any = None,
                  cache_dir: str | os.PathLike | None = None, eval_batch_size: int = 16,
                  deterministic: bool | None = None, profile: bool = True, overwrite: bool = False,
-                 fast: bool | None = None, restart: bool = False,
+                 fast: bool | None = None, restart: bool = False, cuda_graph: bool = False,
                  code_version: dict[str, Any] | None = None) -> RunResult:
     """Train ``cfg`` into ``<results_dir>/runs/<config_hash>/`` (resuming an unfinished record).
 
@@ -109,8 +109,9 @@ def run_training(cfg: RunConfig, results_dir: str | os.PathLike, *, data_root: s
     registry's fast view (:mod:`engine.fastview`: same parameters, same numbers to float32 round-off;
     default: on on the CPU for models whose entry declares a view, off elsewhere; recorded in ``env.json``
     as ``fast_path``; not part of the config hash); ``restart``: discard an unfinished record's partial
-    state and start over; ``code_version``: ``{"commit", "dirty"}`` to record when this process's packages
-    carry no git checkout (see :func:`engine.env.collect_env`).
+    state and start over; ``cuda_graph``: train with the forward, loss and backward captured as one CUDA graph
+    (:mod:`engine.graphs`; CUDA, plain model; the run's path is ``graph``); ``code_version``: ``{"commit",
+    "dirty"}`` to record when this process's packages carry no git checkout (see :func:`engine.env.collect_env`).
     ``cfg.data`` empty: filled with the fingerprint of the data under ``data_root``; set: must equal it.
     A resume under another device type, precision mode, numerics version or path raises
     :class:`ResumeRefused` (see :func:`resume_conflict`). See the module docstring for failures.
@@ -127,17 +128,23 @@ def run_training(cfg: RunConfig, results_dir: str | os.PathLike, *, data_root: s
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device {device!r} requested but CUDA is not available")
+    if cuda_graph:
+        from engine.graphs import graph_refusal
+
+        problem = graph_refusal(dev, fast=uses_fast_path(cfg.model, dev, fast))
+        if problem:
+            raise RuntimeError(problem)
     if status is None and rdir.exists():
         if restart:
             shutil.rmtree(rdir)
         else:
-            problem = resume_conflict(cfg, results_dir, device=dev, fast=fast)
+            problem = resume_conflict(cfg, results_dir, device=dev, fast=fast, graph=cuda_graph)
             if problem:
                 raise ResumeRefused(problem)
     det = (dev.type == "cpu") if deterministic is None else bool(deterministic)
     runner = _Run(cfg, rdir, chash, data_root=data_root, cache_dir=cache_dir, device=dev, threads=threads,
                   progress=progress, eval_batch_size=eval_batch_size, profile=profile, fast=fast,
-                  code_version=code_version)
+                  cuda_graph=cuda_graph, code_version=code_version)
     with runtime(threads, det):
         return runner.run()
 
@@ -206,7 +213,8 @@ class _Run:
 
     def __init__(self, cfg: RunConfig, rdir: Path, chash: str, *, data_root: Any, cache_dir: Any,
                  device: torch.device, threads: int | None, progress: Any, eval_batch_size: int,
-                 profile: bool, fast: bool | None = None, code_version: dict[str, Any] | None = None) -> None:
+                 profile: bool, fast: bool | None = None, cuda_graph: bool = False,
+                 code_version: dict[str, Any] | None = None) -> None:
         self.cfg, self.rdir, self.chash = cfg, rdir, chash
         self.recipe = cfg.resolved_recipe()
         self.data_root, self.cache_dir = data_root, cache_dir
@@ -218,6 +226,8 @@ class _Run:
         self.code_version = code_version
         self.use_fast = False
         self.packed = False  # set by engine.packed: trained in lockstep with runs of the same architecture
+        self.use_graph = bool(cuda_graph)
+        self.graph_step: Any = None  # engine.graphs.GraphStep, captured on the first training batch
         self.use_amp = self.recipe.amp and device.type == "cuda"
         self.precision = precision_mode(device, self.use_amp)
         self.ckpt_dir = rdir / "checkpoints"
@@ -228,8 +238,8 @@ class _Run:
 
     @property
     def path(self) -> str:
-        """The training path recorded in ``env.json`` and fixed for resumes: fast, plain or packed."""
-        return "packed" if self.packed else ("fast" if self.use_fast else "plain")
+        """The training path recorded in ``env.json`` and fixed for resumes: fast, plain, packed or graph."""
+        return training_path(fast=self.use_fast, packed=self.packed, graph=self.use_graph)
 
     # -------------------------------------------------------------------------- setup
     def _write_config(self) -> None:
@@ -323,15 +333,17 @@ class _Run:
             idx = perm[s * bs:(s + 1) * bs]
             x, y = self.batches.get(idx)
             x, y = augment_batch(x, y, self.aug_gen, paper_quirks=r.paper_quirks, run_angle=self.run_angle)
+            if self.use_graph:
+                value = self._graph_step(x, y)
+                self._check_loss(value, epoch, s, steps)
+                total += value * len(idx)
+                bar.step(value)
+                continue
             with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.use_amp):
                 out = as_seg_output(self.train_model(x))
             loss = model_loss(out, y, self.weights, fused=self.use_fast)
             value = float(loss.detach().item())
-            if not math.isfinite(value):
-                raise RunFailed(f"non-finite training loss ({value}) at epoch {epoch}, step {s + 1}/{steps}")
-            if value > r.max_loss:
-                raise RunFailed(f"diverged: training loss {value:.4g} > max_loss {r.max_loss:.4g} at epoch {epoch}, "
-                                f"step {s + 1}/{steps}")
+            self._check_loss(value, epoch, s, steps)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
@@ -339,6 +351,29 @@ class _Run:
             total += value * len(idx)
             bar.step(value)
         return total / n
+
+    def _check_loss(self, value: float, epoch: int, s: int, steps: int) -> None:
+        if not math.isfinite(value):
+            raise RunFailed(f"non-finite training loss ({value}) at epoch {epoch}, step {s + 1}/{steps}")
+        if value > self.recipe.max_loss:
+            raise RunFailed(f"diverged: training loss {value:.4g} > max_loss {self.recipe.max_loss:.4g} at epoch "
+                            f"{epoch}, step {s + 1}/{steps}")
+
+    def _graph_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        """One training step with the forward, loss and backward replayed from a CUDA graph (captured by the
+        first call on this batch's shape; a ragged batch later runs them eagerly), the optimizer eagerly."""
+        if self.graph_step is None:
+            from engine.graphs import GraphStep
+
+            weights, dev, amp = self.weights, self.device.type, self.use_amp
+
+            def loss_fn(model: nn.Module, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+                with torch.autocast(device_type=dev, dtype=torch.float16, enabled=amp, cache_enabled=False):
+                    out = as_seg_output(model(xb))
+                return model_loss(out, yb, weights)
+
+            self.graph_step = GraphStep(self.train_model, loss_fn, self.optimizer, self.scaler, x, y)
+        return float(self.graph_step(x, y))
 
     def _evaluate(self, data: Any, max_images: int | None) -> EvalResult:
         try:

@@ -182,7 +182,7 @@ def build_candidates(device: torch.device, extra: list[str], workers: int | None
         t1 = make_fast(m2, "train")
         cands["amp"] = Candidate("amp", make_fast(m1, "infer"), t1, torch.optim.AdamW(t1.parameters(), lr=1e-3),
                                  autocast=True, note="fast path + autocast fp16")
-    if "graph" in extra and device.type == "cuda":  # the reference captured whole (engine.graphs), train step only
+    if "graph" in extra and device.type == "cuda":  # the reference's step captured (engine.graphs), train step only
         from engine.graphs import GraphStep
         from engine.losses import model_loss
 
@@ -192,9 +192,12 @@ def build_candidates(device: torch.device, extra: list[str], workers: int | None
         xg = torch.randn(8, 3, 256, 256, generator=g).to(device)
         yg = (torch.rand(8, 1, 256, 256, generator=g) > 0.5).float().to(device)
         t = time.perf_counter()
-        step = GraphStep(m1, lambda out, y: model_loss(out, y, w), xg, yg, lr=1e-3)
-        cands["graph"] = Candidate("graph", copy.deepcopy(ref), m1, step.optimizer, setup_s=time.perf_counter() - t,
-                                   note="ReferenceEGEUNet, CUDA-graph-captured training step (engine.graphs)",
+        opt = torch.optim.AdamW(m1.parameters(), lr=1e-3)
+        no_amp = torch.amp.GradScaler("cuda", enabled=False)
+        step = GraphStep(m1, lambda net, x, y: model_loss(net(x), y, w), opt, no_amp, xg, yg)
+        cands["graph"] = Candidate("graph", copy.deepcopy(ref), m1, opt, setup_s=time.perf_counter() - t,
+                                   note="ReferenceEGEUNet, forward+loss+backward CUDA-graph-captured, AdamW eager "
+                                        "(engine.graphs)",
                                    extra={"graph_step": step})
     for name, c in cands.items():  # the plain reference keeps the plain loss (engine.train: fused=use_fast)
         c.fused_loss = name not in ("reference", "graph")

@@ -145,6 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "measured in docs/performance.md; not part of the run's hash (default: on on the CPU "
                         "for every model that declares a view, off elsewhere)")
     p.add_argument("--device", default="cpu", help="torch device for training, e.g. cpu, cuda, cuda:1 (default: cpu)")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="replay each training step's forward, loss and backward from one captured CUDA graph, "
+                        "the optimizer (and AMP's scaler) eagerly (engine.graphs; CUDA, plain model; the run's "
+                        "path is 'graph' and it resumes only so; see docs/gpu.md)")
     ray = p.add_argument_group("ray executor (--executor ray; needs pip install -e \".[ray]\"; see docs/ray.md)")
     ray.add_argument("--ray-address", metavar="ADDR",
                      help="a running Ray cluster: auto, HOST:PORT or ray://HOST:10001 (default: $RAY_ADDRESS, "
@@ -492,6 +496,8 @@ def _run(args: argparse.Namespace, console: Console) -> int:
     if args.dry_run:
         return _dry_run(console if args.format != "table" else _cli.console(), plan.suite.name, plan.specs,
                         plan.hashes, plan.results, args.retry_failed, args.format)
+    if args.cuda_graph:
+        _refuse_graph(plan.configs, args)
     if not args.restart:
         _refuse_conflicts(plan.configs, plan.results, args)
     layout_note = _resolve_workers(args, plan)
@@ -527,6 +533,8 @@ def _check_args(args: argparse.Namespace, budget: str) -> None:
         raise UsageError(f"--pack must be >= 1, got {args.pack}")
     if args.pack > 1 and (args.executor != "local" or args.workers not in (1, "auto")):
         raise UsageError("--pack trains its packs in this process: use it with the local executor and one worker")
+    if args.cuda_graph and args.pack > 1:
+        raise UsageError("--cuda-graph and --pack are two ways to train on a GPU: choose one")
 
 
 def _plan(args: argparse.Namespace) -> _Plan:
@@ -605,7 +613,7 @@ def _make_tasks(args: argparse.Namespace, plan: _Plan, session_start: float) -> 
     return [
         RunTask(config=c, config_hash=h, results_dir=str(plan.results), label=_label(s), data_root=plan.data_root,
                 device=args.device, session_start=session_start, retry_failed=args.retry_failed, fast=args.fast,
-                restart=args.restart)
+                restart=args.restart, cuda_graph=args.cuda_graph)
         for s, c, h in zip(plan.specs, plan.configs, plan.hashes)
     ]
 
@@ -705,6 +713,17 @@ def _clean_stale(console: Console, results: str) -> None:
                       f"(e.g. {removed[0]})")
 
 
+def _refuse_graph(configs: list[Any], args: argparse.Namespace) -> None:
+    """Exit 2 before anything runs when ``--cuda-graph`` cannot train a run here (no CUDA device, fast path)."""
+    from engine.fastview import uses_fast_path
+    from engine.graphs import graph_refusal
+
+    for cfg in configs:
+        problem = graph_refusal(args.device, fast=uses_fast_path(cfg.model, args.device, args.fast))
+        if problem:
+            raise UsageError(f"--cuda-graph ({cfg.model}): {problem}")
+
+
 def _refuse_conflicts(configs: list[Any], results: str, args: argparse.Namespace) -> None:
     """Exit 2 before anything runs when an unfinished run cannot resume on this device / precision / numerics."""
     from engine.packed import pack_problem
@@ -712,7 +731,8 @@ def _refuse_conflicts(configs: list[Any], results: str, args: argparse.Namespace
 
     for cfg in configs:
         packed = args.pack > 1 and pack_problem([cfg], args.device) is None
-        problem = resume_conflict(cfg, results, device=args.device, fast=args.fast, packed=packed)
+        problem = resume_conflict(cfg, results, device=args.device, fast=args.fast, packed=packed,
+                                  graph=args.cuda_graph)
         if problem:
             raise UsageError(problem)
 

@@ -100,31 +100,54 @@ def _graph_setup(seed: int = 0):
     g = torch.Generator().manual_seed(5)
     xs = [torch.randn(4, 3, 64, 64, generator=g).cuda() for _ in range(3)]
     ys = [(torch.rand(4, 1, 64, 64, generator=g) > 0.5).float().cuda() for _ in range(3)]
-    return model, (lambda out, y: model_loss(out, y, w)), xs, ys
+    return model, (lambda net, x, y: model_loss(net(x), y, w)), xs, ys
 
 
-def test_graph_step_trains_as_the_eager_step():
-    """Three captured steps (with a learning-rate change and a ragged batch) against three eager AdamW steps."""
+@pytest.mark.parametrize("amp", [False, True])
+def test_graph_step_trains_as_the_eager_step(strict_fp32, amp):
+    """Three steps with the forward, loss and backward replayed (a learning-rate change between them, a ragged
+    last batch) against three eager steps, fp32 and AMP (the GradScaler steps eagerly after the replay)."""
     from engine.graphs import GraphStep
 
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     model, loss_fn, xs, ys = _graph_setup()
     eager = copy.deepcopy(model)
-    opt = torch.optim.AdamW(eager.parameters(), lr=1e-3)
-    step = GraphStep(model, loss_fn, xs[0], ys[0], lr=1e-3)
+
+    def amp_loss(net, x, y):
+        with torch.autocast("cuda", dtype=torch.float16, enabled=amp, cache_enabled=False):
+            return loss_fn(net, x, y)
+
+    opt_g, opt_e = (torch.optim.AdamW(m.parameters(), lr=1e-3) for m in (model, eager))
+    sc_g, sc_e = (torch.amp.GradScaler("cuda", enabled=amp) for _ in range(2))
+    step = GraphStep(model, amp_loss, opt_g, sc_g, xs[0], ys[0])
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), eager.state_dict().values()))
+    assert not opt_g.state  # the capture did not step the optimizer
     for i, (x, y) in enumerate(zip(xs, ys)):
         if i == 1:
-            step.set_lr(5e-4)
-            for grp in opt.param_groups:
-                grp["lr"] = 5e-4
+            for opt in (opt_g, opt_e):
+                for grp in opt.param_groups:
+                    grp["lr"] = 5e-4
         if i == 2:
             x, y = x[:3], y[:3]  # ragged: the eager fallback
         got = float(step(x, y))
-        opt.zero_grad()
-        want = loss_fn(eager(x), y)
-        want.backward()
-        opt.step()
-        assert math.isclose(got, float(want), rel_tol=1e-4)
+        opt_e.zero_grad()
+        want = amp_loss(eager, x, y)
+        sc_e.scale(want).backward()
+        sc_e.step(opt_e)
+        sc_e.update()
+        assert math.isclose(got, float(want), rel_tol=1e-3 if amp else 1e-4)
     for (k, a), b in zip(model.state_dict().items(), eager.state_dict().values()):
-        assert float((a - b).abs().max()) < 1e-4, k
+        assert float((a - b).abs().max()) < (1e-3 if amp else 1e-4), k
+
+
+def test_graph_run_matches_the_eager_run(smoke_config, tmp_path):
+    """A smoke run trained with --cuda-graph: path 'graph' in its record, and the eager run's numbers."""
+    eager = run_training(smoke_config(), tmp_path / "eager", device="cuda", progress=False, profile=False)
+    graph = run_training(smoke_config(), tmp_path / "graph", device="cuda", progress=False, profile=False,
+                         cuda_graph=True)
+    assert eager.status == graph.status == "done", graph.reason
+    from engine.record import load_record
+
+    rg, re_ = load_record(graph.record_dir), load_record(eager.record_dir)
+    assert rg.first_session.path == "graph" and re_.first_session.path == "plain"
+    for k in ("pooled_dsc", "pooled_miou"):
+        assert abs(rg.test_metrics[k] - re_.test_metrics[k]) < 0.02, k

@@ -57,6 +57,7 @@ class RunTask:
     retry_failed: bool = False  # run again a run that failed in an earlier session (its record moved aside)
     fast: bool | None = None  # engine fast path (None = the engine's default: EGE-UNet on CPU)
     restart: bool = False  # discard an unfinished record's partial state and start the run over
+    cuda_graph: bool = False  # train with a CUDA-graph-captured step (engine.graphs; path "graph")
 
 
 @dataclass(frozen=True)
@@ -249,6 +250,7 @@ def _train(task: RunTask, progress: ProgressCallback | None) -> RunOutcome:
             progress=progress if progress is not None else False,  # no engine bars inside a suite
             fast=task.fast,
             restart=task.restart,
+            cuda_graph=task.cuda_graph,
         )
     except Exception as e:  # noqa: BLE001 - one failed run must not stop the suite
         return _failed(task, e, t0)

@@ -66,7 +66,7 @@ def train_in_worker(task: RunTask, staging: str | None, seed_files: dict[str, by
         try:
             res = run_training(task.config, staging, data_root=task.data_root, device=worker_device(task.device),
                                threads=task.threads, progress=False, fast=task.fast,
-                               restart=task.restart, code_version=driver_git)
+                               restart=task.restart, cuda_graph=task.cuda_graph, code_version=driver_git)
         except Exception as e:  # noqa: BLE001 - a run's own error is its outcome, not a reason to retry
             tb = traceback.extract_tb(e.__traceback__)
             where = f" at {tb[-1].filename.rsplit('/', 1)[-1]}:{tb[-1].lineno}" if tb else ""
