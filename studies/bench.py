@@ -671,12 +671,14 @@ def _summary(sets: list[tuple[str, list[dict[str, str]]]]) -> list[str]:
 
 def render_docs(bench_dir: Path, notes: str = "") -> str:
     """``docs/performance.md`` from every ``*.csv`` in ``bench_dir`` (no measuring)."""
-    sets = []
+    sets, profiles = [], []
     for path in sorted(Path(bench_dir).glob("*.csv")):
         rows = _read_csv(path)
+        shown = f"{Path(bench_dir).as_posix().rstrip('/')}/{path.name}"
         if rows and "candidate" in rows[0] and "case" in rows[0]:
-            shown = f"{Path(bench_dir).as_posix().rstrip('/')}/{path.name}"
             sets.append((shown, path, rows))
+        elif rows and "op" in rows[0] and "family" in rows[0]:  # python -m studies.opprofile
+            profiles.append((shown, rows))
     lines = [
         "# Performance",
         "",
@@ -711,6 +713,11 @@ def render_docs(bench_dir: Path, notes: str = "") -> str:
     for shown, path, rows in sets:
         lines += _meta(path, rows, shown)
         lines += _table(rows)
+    if profiles:
+        from studies.opprofile import render_docs_section
+
+        for shown, rows in profiles:
+            lines += render_docs_section(shown, rows)
     lines += [NOTES_MARKER, ""]
     text = "\n".join(lines)
     return text + (notes.lstrip("\n") if notes.strip() else "")
