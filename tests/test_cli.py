@@ -27,6 +27,7 @@ from studies import data as datacli
 from studies import evaluate as evaluatecli
 from studies import export as exportcli
 from studies import fastcheck as fastcheckcli
+from studies import opprofile as opprofilecli
 from studies import profile as profilecli
 from studies import report as reportcli
 from studies import run as runcli
@@ -35,7 +36,8 @@ from studies.suites import SUITES
 ROOT = Path(__file__).resolve().parents[1]
 WIDTH = 80
 CLIS = {"run": runcli, "profile": profilecli, "budget": budgetcli, "data": datacli, "fastcheck": fastcheckcli,
-        "audit": auditcli, "bench": benchcli, "evaluate": evaluatecli, "export": exportcli, "report": reportcli}
+        "audit": auditcli, "bench": benchcli, "evaluate": evaluatecli, "export": exportcli, "report": reportcli,
+        "opprofile": opprofilecli}
 
 
 def _env(**extra: str) -> dict[str, str]:
