@@ -88,7 +88,7 @@ def golden_fingerprint(fast: bool) -> dict[str, Any]:
                            weights_only=True)["model"]
     return {
         "numerics_version": NUMERICS_VERSION,
-        "path": "fast" if fast else "plain",
+        "path": training_path(fast=fast),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "torch": torch.__version__.split("+")[0],
         "train_loss": [float(r["train_loss"]) for r in rows],

@@ -100,6 +100,7 @@ def _profile_step(model: str, batch: int, size: int, steps: int, warmup: int, fa
 
     from engine.fastview import fast_views, uses_fast_path
     from engine.losses import model_loss
+    from engine.numerics import training_path
     from engine.optim import make_adamw
     from zoo.registry import create_model
 
@@ -131,7 +132,7 @@ def _profile_step(model: str, batch: int, size: int, steps: int, warmup: int, fa
         ms = ev.self_cpu_time_total / 1000.0 / steps
         if ms > 0:
             ops[ev.key] = (ms, ev.count / steps)
-    return StepProfile(step_ms=1000.0 * wall / steps, steps=steps, ops=ops), ("fast" if use_fast else "plain")
+    return StepProfile(step_ms=1000.0 * wall / steps, steps=steps, ops=ops), training_path(fast=use_fast)
 
 
 def families(rows: Sequence[dict[str, Any]]) -> list[tuple[str, float, float]]:
