@@ -281,10 +281,12 @@ def audit_table(results: Path, csv_path: Path, facts: dict[str, RunFacts], stric
         values = sorted({str(getattr(f, key)) for f in used})
         if len(values) > 1:
             out.append(Finding(where, "one numerics", f"table mixes {key}: {', '.join(values)}"))
-    declared = SUITES[suite].seeds if suite in SUITES else None
-    cells = df.groupby(["variant", "dataset"])["seed"].nunique() if len(df) else pd.Series(dtype=int)
-    if declared is not None:
-        short = cells[cells < declared]
+    cells = df.groupby(["budget", "variant", "dataset"])["seed"].nunique() if len(df) else pd.Series(dtype=int)
+    declared = None
+    if suite in SUITES and len(cells):
+        want = pd.Series([SUITES[suite].default_seed_count(str(b)) for b, _, _ in cells.index], index=cells.index)
+        declared = "/".join(str(n) for n in dict.fromkeys(want))
+        short = cells[cells < want]
         if len(short):
             out.append(Finding(where, "seeds", f"{len(short)} of {len(cells)} cell(s) have fewer than the declared "
                                                f"{declared} seeds (min {int(cells.min())})", warning=not strict))

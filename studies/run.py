@@ -283,7 +283,7 @@ def list_rows() -> list[dict[str, Any]]:
         if s.extra_at_budget:
             runs += "".join(f" ({len(expand(s, budget=b))} at {b})" for b in s.extra_at_budget)
         rows.append({"suite": s.name, "n_variants": len(s.variants), "datasets": list(s.datasets),
-                     "seeds": s.seeds, "budget": s.budget, "runs": runs, "description": s.description,
+                     "seeds": s.default_seed_count(s.budget), "budget": s.budget, "runs": runs, "description": s.description,
                      "variants": list(s.all_variants())})
     return rows
 
@@ -310,7 +310,7 @@ def cmd_list(console: Console, name: str = "", fmt: str = "table") -> int:
             runs = "; ".join(f"{len(expand(s, budget=b))} runs at {b}" for b in dict.fromkeys((s.budget,
                                                                                               *s.extra_at_budget)))
             ref = f"; reference {s.label(s.reference)}" if s.reference else ""
-            head = Text(f"{s.name}: {s.description}\n{s.seeds} seeds, budget {s.budget}, datasets "
+            head = Text(f"{s.name}: {s.description}\n{s.seeds_text()}, budget {s.budget}, datasets "
                         f"{', '.join(s.datasets)}; {runs}{ref}")
             t = Table(box=box.SIMPLE_HEAD, pad_edge=False)
             t.add_column("variant", overflow="fold")

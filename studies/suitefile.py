@@ -5,7 +5,8 @@ A suite file declares what a built-in suite (:data:`studies.suites.SUITES`) decl
     name = "my_bench"                     # results go to <results>/my_bench/ (default: the file's stem)
     description = "TinySeg against EGE-UNet"
     datasets = ["synthetic"]              # default: ["isic2018"]
-    seeds = 1                             # seeds per cell (default 5; the smoke budget runs 1 unless asked)
+    seeds = 1                             # seeds per cell at every budget (default 5, 3 at cpu; smoke runs 1)
+    seeds_at_budget = { paper = 5 }       # where a budget differs from `seeds` (default: none if `seeds` is given)
     budget = "smoke"                      # default budget: smoke, cpu or paper (default: cpu)
     reference = "egeunet"                 # the variant the others are compared with (a model or a label)
 
@@ -40,6 +41,7 @@ from typing import Any
 
 from studies.suites import (
     BUDGETS,
+    DEFAULT_SEEDS_AT_BUDGET,
     DATASETS,
     SUITES,
     Suite,
@@ -52,7 +54,7 @@ from studies.suites import (
     variant_key,
 )
 
-TOP_KEYS = ("name", "description", "variants", "datasets", "seeds", "budget", "reference")
+TOP_KEYS = ("name", "description", "variants", "datasets", "seeds", "seeds_at_budget", "budget", "reference")
 VARIANT_KEYS = ("model", "kwargs", "label", "budgets")
 VARIANTS_HINT = ('a list of models: "NAME", "package.module:callable(k=v)" or tables '
                  '{ model = "...", kwargs = { ... }, label = "...", budgets = [...] }')
@@ -140,6 +142,15 @@ def suite_from_dict(data: dict[str, Any], where: str = "<suite>", default_name: 
     seeds = data.get("seeds", 5)
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise fail("seeds", f"must be an integer >= 1 (seeds per variant and dataset), got {_kind(seeds)}")
+    seeds_at_budget = data.get("seeds_at_budget", {} if "seeds" in data else dict(DEFAULT_SEEDS_AT_BUDGET))
+    if not isinstance(seeds_at_budget, dict):
+        raise fail("seeds_at_budget", f"must be a table of budget = seeds, e.g. {{ cpu = 3 }}; "
+                                      f"got {_kind(seeds_at_budget)}")
+    for b, n in seeds_at_budget.items():
+        if b not in BUDGETS:
+            raise fail("seeds_at_budget", f"unknown budget {b!r}; valid budgets: {', '.join(BUDGETS)}")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise fail("seeds_at_budget", f"{b} must be an integer >= 1, got {_kind(n)}")
     budget = data.get("budget", "cpu")
     if not isinstance(budget, str):
         raise fail("budget", f"must be a string, one of {', '.join(BUDGETS)}; got {_kind(budget)}")
@@ -180,7 +191,8 @@ def suite_from_dict(data: dict[str, Any], where: str = "<suite>", default_name: 
             for b in budgets:
                 extra.setdefault(b, []).append(key)
 
-    suite = Suite(name, description, tuple(variants), datasets=datasets, seeds=seeds, budget=budget,
+    suite = Suite(name, description, tuple(variants), datasets=datasets, seeds=seeds,
+                  seeds_at_budget=dict(seeds_at_budget), budget=budget,
                   labels=labels, extra_at_budget={b: tuple(v) for b, v in extra.items()}, models=models,
                   overrides=overrides)
     reference = data.get("reference")
@@ -345,6 +357,7 @@ def dump_suite(suite: Suite) -> str:
         *_string_entry("description", suite.description),
         f"datasets = {_value(list(suite.datasets))}",
         f"seeds = {suite.seeds}",
+        f"seeds_at_budget = {_value(suite.seeds_at_budget)}",
         f"budget = {_value(suite.budget)}",
     ]
     if suite.reference is not None:

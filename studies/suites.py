@@ -6,7 +6,8 @@ ablation calls ``egeunet_no_gab`` "+GHPA"). Expansion gives one :class:`RunSpec`
 suites share (``egeunet`` on ISIC2018 with seed 0 is in every ablation) is trained once.
 
 Defaults: ablations run on ISIC2018, ``compare`` on ISIC2017 and ISIC2018, ``smoke`` on synthetic data.
-Every suite declares its default seed count; the ``smoke`` budget runs one seed unless seeds are given.
+Every suite declares its default seed count per budget: 5 per table cell (docs/protocol.md §10), 3 at the
+``cpu`` budget (:data:`CPU_BUDGET_SEEDS`), one at ``smoke`` unless seeds are given.
 
 Models from outside the package (``package.module:callable`` or an ``egeunet.models`` entry point, see
 ``zoo.registry``) may be variants of a suite, with keyword arguments (a variant *key* then names model and
@@ -27,6 +28,11 @@ from engine.data.splits import PROTOCOLS
 
 BUDGETS = tuple(_ENGINE_BUDGETS)  # the engine defines budgets, datasets and protocols; suites only name them
 
+#: seeds per table cell at the ``cpu`` budget: the CPU evidence campaign's count (three one-thread runs of about
+#: an hour each per cell on two cores); the ``paper`` budget keeps the protocol's 5
+CPU_BUDGET_SEEDS = 3
+DEFAULT_SEEDS_AT_BUDGET = {"cpu": CPU_BUDGET_SEEDS}
+
 
 @dataclass(frozen=True)
 class Suite:
@@ -36,7 +42,8 @@ class Suite:
     description: str
     variants: tuple[str, ...]  # variant keys, in table order: registered model names (or see ``models``)
     datasets: tuple[str, ...] = ("isic2018",)
-    seeds: int = 5  # docs/protocol.md §10: 5 seeds per table cell by default
+    seeds: int = 5  # docs/protocol.md §10: 5 seeds per table cell by default ...
+    seeds_at_budget: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_SEEDS_AT_BUDGET))  # ... but here
     budget: str = "cpu"  # default budget of the suite
     labels: dict[str, str] = field(default_factory=dict)  # variant key -> label shown in tables (default: the key)
     extra_at_budget: dict[str, tuple[str, ...]] = field(default_factory=dict)  # budget -> extra variants
@@ -64,7 +71,15 @@ class Suite:
         return self.labels.get(model, model)
 
     def default_seed_count(self, budget: str) -> int:
-        return 1 if budget == "smoke" else self.seeds
+        """Seeds per table cell this suite declares at ``budget`` (what runs when no seeds are given)."""
+        return 1 if budget == "smoke" else self.seeds_at_budget.get(budget, self.seeds)
+
+    def seeds_text(self) -> str:
+        """The declaration in words, e.g. ``3 seeds at cpu, 5 at paper``."""
+        counts = {b: self.default_seed_count(b) for b in BUDGETS if b != "smoke"}
+        if len(set(counts.values())) == 1:
+            return f"{self.seeds} seed{'' if self.seeds == 1 else 's'}"
+        return ", ".join(f"{n} seeds at {b}" if i == 0 else f"{n} at {b}" for i, (b, n) in enumerate(counts.items()))
 
 
 @dataclass(frozen=True)
@@ -223,6 +238,7 @@ SUITES: dict[str, Suite] = {
             _s("egeunet", "egeunet_no_gab", "egeunet_no_ds"),
             datasets=("synthetic",),
             seeds=1,
+            seeds_at_budget={},
             budget="smoke",
         ),
         Suite(

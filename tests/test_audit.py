@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from studies.audit import audit, main
@@ -96,8 +97,11 @@ def test_incomplete_record_and_seed_shortfall(clean_results, tmp_path):
     (recs[0] / "per_image.csv").unlink()
     assert ("complete", f"runs/{recs[0].name}") in _errors(results)
     results2, _ = _copy(clean_results, tmp_path / "b")
-    # the smoke suite declares one seed; declare more through a copied table of the ablation_ghpa name
+    # the smoke suite declares one seed; a table of the ablation_ghpa name whose rows say budget cpu declares 3
     shutil.copytree(results2 / "smoke", results2 / "ablation_ghpa")
+    table = results2 / "ablation_ghpa" / "results.csv"
+    df = pd.read_csv(table)
+    df.assign(budget="cpu").to_csv(table, index=False)
     findings, _, _ = audit(results2)
     assert any(f.check == "seeds" and f.warning for f in findings)
     assert main(["--results", str(results2)]) == 0

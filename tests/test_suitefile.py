@@ -113,7 +113,7 @@ def test_a_user_suite_file(tmp_path, tinyseg_importable):
     assert s == Suite(
         "tiny_bench", "TinySeg widths against EGE-UNet",
         ("egeunet", "tinyseg.model:build(width=4)", key8),
-        datasets=("synthetic",), seeds=2, budget="smoke",
+        datasets=("synthetic",), seeds=2, seeds_at_budget={}, budget="smoke",  # a file's seeds hold at every budget
         labels={"egeunet": "EGE-UNet", key8: "TinySeg-8 DS"},
         extra_at_budget={"cpu": ("egeunet_x2",), "paper": ("egeunet_x2",)},
         models={"tinyseg.model:build(width=4)": "tinyseg.model:build", key8: "tinyseg.model:build"},
@@ -169,12 +169,18 @@ GOOD = 'variants = ["egeunet", "egeunet_no_gab"]\n'
 @pytest.mark.parametrize("text, message", [
     # unknown keys
     ("seed = 1\n" + GOOD,
-     "unknown key 'seed'; allowed keys: name, description, variants, datasets, seeds, budget, reference"),
+     "unknown key 'seed'; allowed keys: name, description, variants, datasets, seeds, seeds_at_budget, budget, "
+     "reference"),
     ('variants = [{ model = "egeunet", kwarg = { width = 8 } }]\n',
      "variants[0]: unknown key 'kwarg'; allowed keys: model, kwargs, label, budgets"),
     # wrong types
     ('seeds = "3"\n' + GOOD, 'seeds: must be an integer >= 1 (seeds per variant and dataset), got a string ("3")'),
     ("seeds = 0\n" + GOOD, "seeds: must be an integer >= 1 (seeds per variant and dataset), got an integer (0)"),
+    ("seeds_at_budget = { gpu = 3 }\n" + GOOD,
+     "seeds_at_budget: unknown budget 'gpu'; valid budgets: smoke, cpu, paper"),
+    ("seeds_at_budget = { cpu = 0 }\n" + GOOD, "seeds_at_budget: cpu must be an integer >= 1, got an integer (0)"),
+    ("seeds_at_budget = 3\n" + GOOD, "seeds_at_budget: must be a table of budget = seeds, e.g. { cpu = 3 }; "
+                                     "got an integer (3)"),
     ('datasets = "synthetic"\n' + GOOD, "datasets: must be a list of dataset names from isic2018, isic2017, ph2, "
                                         "synthetic"),
     ("budget = 3\n" + GOOD, "budget: must be a string, one of smoke, cpu, paper; got an integer (3)"),
@@ -286,3 +292,13 @@ def test_a_suite_file_with_outside_models_runs_end_to_end(tmp_path):
     assert list(table["variant"]) == ["TinySeg-4", "TinySeg-6"]
     assert (table["status"] == "done").all() and table["config_hash"].nunique() == 2
     assert table["params"].iloc[0] < table["params"].iloc[1]
+
+
+def test_seeds_per_budget_in_a_file(tmp_path):
+    plain = load_suite(write(tmp_path, 'name = "a"\n' + GOOD))
+    assert [plain.default_seed_count(b) for b in ("smoke", "cpu", "paper")] == [1, 3, 5]  # the built-in rule
+    given = load_suite(write(tmp_path, 'name = "b"\nseeds = 4\n' + GOOD))
+    assert [given.default_seed_count(b) for b in ("cpu", "paper")] == [4, 4]
+    both = load_suite(write(tmp_path, 'name = "c"\nseeds = 2\nseeds_at_budget = { paper = 6 }\n' + GOOD))
+    assert [both.default_seed_count(b) for b in ("cpu", "paper")] == [2, 6]
+    assert both.seeds_text() == "2 seeds at cpu, 6 at paper" and given.seeds_text() == "4 seeds"

@@ -39,14 +39,15 @@ def test_ablations_default_to_isic2018(name):
 
 def test_expansion_counts():
     s = get_suite("ablation_ghpa")
-    assert len(expand(s)) == 9 * 1 * s.seeds
+    assert s.budget == "cpu" and len(expand(s)) == 9 * 1 * 3  # 3 seeds per cell at the cpu budget
+    assert len(expand(s, budget="paper")) == 9 * 5 and s.seeds_text() == "3 seeds at cpu, 5 at paper"
     assert len(expand(s, budget="smoke")) == 9  # one seed at the smoke budget unless seeds are given
     assert len(expand(s, budget="smoke", seeds=range(2))) == 18
     assert len(expand(s, datasets=["isic2017", "isic2018"], seeds=[0, 3, 7])) == 9 * 2 * 3
     c = get_suite("compare")
-    assert len(expand(c)) == 6 * 2 * c.seeds
+    assert len(expand(c)) == 6 * 2 * 3
     paper = expand(c, budget="paper")
-    assert len(paper) == 7 * 2 * c.seeds and {r.model for r in paper} >= {"transfuse_s"}
+    assert len(paper) == 7 * 2 * 5 and {r.model for r in paper} >= {"transfuse_s"}
     assert "transfuse_s" not in {r.model for r in expand(c, budget="cpu")}
 
 
