@@ -132,3 +132,12 @@ def test_trust_warnings_directly():
     w = bench.trust_warnings(rows, 0.0, 0.0, 2)
     assert len(w) == 2 and all(x.startswith("WARNING: infer b16 fast") for x in w)
     assert bench.trust_warnings(rows, 3.0, 0.0, 2)[0].startswith("WARNING: the machine was busy")
+
+
+@pytest.mark.parametrize("ratio", [2.6255, 3.0049, 1.2345])
+def test_the_rounded_ratio_stays_inside_its_rounded_interval(ratio):
+    """A ratio at an end of its interval (here every round gives it): both are rounded alike, so the CSV never
+    shows a ratio outside its own interval."""
+    rows = bench.summarise("train_step", 8, {"reference": [10.0] * 6, "fast": [10.0 * ratio] * 6}, {}, {}, {})
+    fast = next(r for r in rows if r["candidate"] == "fast")
+    assert fast["ratio_ci_low"] <= fast["ratio_vs_reference"] <= fast["ratio_ci_high"]
