@@ -24,8 +24,8 @@ from typing import Any, Sequence
 
 import torch
 
-__all__ = ["NUMERICS_VERSION", "precision_mode", "resume_key", "training_path", "golden_fingerprint", "compare_fingerprints",
-           "GOLDEN_RTOL"]
+__all__ = ["NUMERICS_VERSION", "precision_mode", "resume_key", "training_path", "golden_fingerprint",
+           "compare_fingerprints", "GOLDEN_RTOL"]
 
 #: bump on any change of training numerics (then rewrite the committed golden fingerprint)
 NUMERICS_VERSION = 1

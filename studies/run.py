@@ -283,8 +283,8 @@ def list_rows() -> list[dict[str, Any]]:
         if s.extra_at_budget:
             runs += "".join(f" ({len(expand(s, budget=b))} at {b})" for b in s.extra_at_budget)
         rows.append({"suite": s.name, "n_variants": len(s.variants), "datasets": list(s.datasets),
-                     "seeds": s.default_seed_count(s.budget), "budget": s.budget, "runs": runs, "description": s.description,
-                     "variants": list(s.all_variants())})
+                     "seeds": s.default_seed_count(s.budget), "budget": s.budget, "runs": runs,
+                     "description": s.description, "variants": list(s.all_variants())})
     return rows
 
 

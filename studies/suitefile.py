@@ -140,7 +140,7 @@ def suite_from_dict(data: dict[str, Any], where: str = "<suite>", default_name: 
     if not isinstance(description, str):
         raise fail("description", f"must be a string, got {_kind(description)}")
     seeds = data.get("seeds", 5)
-    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+    if not _is_count(seeds):
         raise fail("seeds", f"must be an integer >= 1 (seeds per variant and dataset), got {_kind(seeds)}")
     seeds_at_budget = data.get("seeds_at_budget", {} if "seeds" in data else dict(DEFAULT_SEEDS_AT_BUDGET))
     if not isinstance(seeds_at_budget, dict):
@@ -149,7 +149,7 @@ def suite_from_dict(data: dict[str, Any], where: str = "<suite>", default_name: 
     for b, n in seeds_at_budget.items():
         if b not in BUDGETS:
             raise fail("seeds_at_budget", f"unknown budget {b!r}; valid budgets: {', '.join(BUDGETS)}")
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        if not _is_count(n):
             raise fail("seeds_at_budget", f"{b} must be an integer >= 1, got {_kind(n)}")
     budget = data.get("budget", "cpu")
     if not isinstance(budget, str):
@@ -310,6 +310,11 @@ def _value(v: Any) -> str:
     if isinstance(v, dict):
         return "{ " + ", ".join(f"{_key(k)} = {_value(x)}" for k, x in v.items()) + " }" if v else "{}"
     raise ValueError(f"{v!r} ({type(v).__name__}) cannot be written as TOML")
+
+
+def _is_count(v: Any) -> bool:
+    """An integer >= 1 (TOML booleans are not counts)."""
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
 
 
 def _key(k: str) -> str:

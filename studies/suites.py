@@ -78,7 +78,8 @@ class Suite:
         """The declaration in words, e.g. ``3 seeds at cpu, 5 at paper``."""
         counts = {b: self.default_seed_count(b) for b in BUDGETS if b != "smoke"}
         if len(set(counts.values())) == 1:
-            return f"{self.seeds} seed{'' if self.seeds == 1 else 's'}"
+            n = next(iter(counts.values()))
+            return f"{n} seed{'' if n == 1 else 's'}"
         return ", ".join(f"{n} seeds at {b}" if i == 0 else f"{n} at {b}" for i, (b, n) in enumerate(counts.items()))
 
 

@@ -302,3 +302,5 @@ def test_seeds_per_budget_in_a_file(tmp_path):
     both = load_suite(write(tmp_path, 'name = "c"\nseeds = 2\nseeds_at_budget = { paper = 6 }\n' + GOOD))
     assert [both.default_seed_count(b) for b in ("cpu", "paper")] == [2, 6]
     assert both.seeds_text() == "2 seeds at cpu, 6 at paper" and given.seeds_text() == "4 seeds"
+    alike = load_suite(write(tmp_path, 'name = "d"\nseeds = 5\nseeds_at_budget = { cpu = 4, paper = 4 }\n' + GOOD))
+    assert alike.seeds_text() == "4 seeds"  # the count every budget runs, not the unused default
