@@ -132,7 +132,9 @@ def params_vs_dsc(table: Table, stem: Path) -> FigureOutcome:
         place_labels(ax, x.iloc[idx].to_numpy(), y.iloc[idx].to_numpy(), [names[v] for v in shown], fontsize=5.8,
                      colors=[REF_COLOR if v == ref else "#222222" for v in shown],
                      weights=["bold" if v == ref else "normal" for v in shown],
-                     marker_radius_pt=[float(np.sqrt(area[v] / np.pi)) for v in shown])
+                     marker_radius_pt=[float(np.sqrt(area[v] / np.pi)) for v in shown],
+                     yerr=yerr[shown].to_numpy(),
+                     avoid=[(x[v], y[v], yerr[v]) for v in s.index if v not in shown])
         scale = area_scale(x, max_area)
         sizes = _legend_sizes(lo, hi, scale)
         handles = [ax.scatter([], [], s=c * scale, color=MUTED, alpha=0.4, edgecolor=MUTED) for c in sizes]
