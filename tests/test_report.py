@@ -210,6 +210,21 @@ def test_tables_tex_compiles(smoke_report: Path, tmp_path: Path):
     assert_compiles(work)
 
 
+COMMITTED_REPORTS = sorted(p.parent.name for p in (REPO / "reports").glob("*/tables.tex"))
+
+
+@pytest.mark.skipif(PDFLATEX is None, reason="pdflatex not installed")
+@pytest.mark.parametrize("suite", COMMITTED_REPORTS)
+def test_committed_tables_tex_compiles(suite: str, tmp_path: Path):
+    """What a researcher pastes into a paper: every committed ``reports/<suite>/tables.tex`` compiles."""
+    src = REPO / "reports" / suite
+    work = tmp_path / suite
+    work.mkdir()
+    shutil.copy(src / "tables.tex", work)
+    shutil.copytree(src / "tables", work / "tables")
+    assert_compiles(work)
+
+
 def test_report_md_states_provenance_and_conventions(smoke_results: Path, smoke_report: Path):
     md = (smoke_report / "report.md").read_text()
     runs = _results_table(smoke_results, "smoke")
