@@ -24,14 +24,17 @@ from torch import nn
 from engine.env import capture_rng, restore_rng
 from engine.fastview import uses_fast_path
 from engine.numerics import precision_mode, resume_key, training_path
-from engine.record import RecordError, atomic_torch_save, load_record, read_status, record_dir_for
+from engine.record import (
+    RecordError, atomic_torch_save, atomic_write_json, load_record, read_json, read_status, record_dir_for,
+)
 
 if TYPE_CHECKING:
     from engine.config import RunConfig
 
 __all__ = [
     "CHECKPOINT_FORMAT", "LATEST", "BEST", "ResumeRefused", "resume_conflict", "training_state", "save_latest",
-    "save_best", "load_latest", "restore_training", "state_to_cpu", "file_sha256",
+    "save_best", "load_latest", "restore_training", "state_to_cpu", "file_sha256", "checkpoint_facts",
+    "stamp_best_checkpoint",
 ]
 
 CHECKPOINT_FORMAT = 1
@@ -56,6 +59,41 @@ def file_sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def checkpoint_facts(path: Path) -> dict[str, Any]:
+    """What a record stores of its ``best.pt`` (``metrics.json`` ``best_checkpoint``): size and SHA-256."""
+    return {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
+
+
+def stamp_best_checkpoint(record_dir: Path) -> str | None:
+    """Store the size and SHA-256 of ``best.pt`` in a finished record that predates them (schema 1).
+
+    Such a record cannot keep a ``best.pt`` over the 2 MB rule out of git, since a recreated file could not be
+    checked. The file is taken as the run's own only when it names the record's run and its selected epoch;
+    returns why nothing was stamped (already stored, unfinished, no or foreign file), or None once stamped.
+    """
+    metrics_path = record_dir / "metrics.json"
+    if read_status(record_dir) is None:
+        return "unfinished"
+    try:
+        metrics = read_json(metrics_path)
+    except (OSError, ValueError):
+        return f"{metrics_path} cannot be read"
+    if metrics.get("best_checkpoint"):
+        return "already stored"
+    best = record_dir / "checkpoints" / BEST
+    if not best.is_file():
+        return f"{best} is missing"
+    try:
+        ck = torch.load(best, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # noqa: BLE001 - truncated or corrupt file
+        return f"{best} cannot be read ({type(e).__name__})"
+    if ck.get("config_hash") != record_dir.name or ck.get("epoch") != metrics.get("best_epoch"):
+        return (f"{best} holds run {ck.get('config_hash')} epoch {ck.get('epoch')}, the record selected "
+                f"run {record_dir.name} epoch {metrics.get('best_epoch')}")
+    atomic_write_json(metrics_path, {**metrics, "best_checkpoint": checkpoint_facts(best)})
+    return None
 
 
 def training_state(*, config_hash: str, epoch: int, model: nn.Module, optimizer: Any, scheduler: Any,

@@ -46,7 +46,7 @@ from torch import nn
 from kernels import fastops as _fastops
 from zoo.contract import as_seg_output, loss_weights_of
 from engine.checkpoint import (
-    ResumeRefused, file_sha256, load_latest, restore_training, resume_conflict, save_best, save_latest,
+    ResumeRefused, checkpoint_facts, load_latest, restore_training, resume_conflict, save_best, save_latest,
     state_to_cpu, training_state,
 )
 from engine.config import BUDGETS, Budget, Recipe, RunConfig, lr_at_epoch
@@ -503,7 +503,7 @@ class _Run:
         complexity = self._complexity()
         metrics["params"] = complexity.get("params")
         best = self.ckpt_dir / "best.pt"  # its hash lets a clone without the (large) file check a recreated one
-        metrics["best_checkpoint"] = {"bytes": best.stat().st_size, "sha256": file_sha256(best)}
+        metrics["best_checkpoint"] = checkpoint_facts(best)
         atomic_write_csv(self.rdir / "per_image.csv", rows, PER_IMAGE_COLUMNS)
         atomic_write_json(self.rdir / "complexity.json", complexity)
         atomic_write_json(self.rdir / "metrics.json", metrics)

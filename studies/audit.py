@@ -17,6 +17,8 @@ Checks every run record under ``<results>/runs/`` and every suite table ``<resul
   never committed, and its record stores its size and SHA-256, so that a recreated one can be checked; a
   ``best.pt`` that is there must match the SHA-256 its record stores (records before schema 2 store none).
   Without git around the results folder a ``best.pt`` over 2 MB that is there counts as committed.
+  ``--stamp-checkpoints`` first stores size and SHA-256 in the finished records before schema 2 whose ``best.pt``
+  is still there and names its run (:func:`engine.checkpoint.stamp_best_checkpoint`).
 
 Exit status: 0 no violation, 1 a violation (or a seed shortfall under ``--strict``), 2 bad arguments.
 """
@@ -24,7 +26,6 @@ Exit status: 0 no violation, 1 a violation (or a seed shortfall under ``--strict
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import subprocess
@@ -119,16 +120,9 @@ def _mb(n: int) -> str:
     return f"{n / 1e6:.1f} MB"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def checkpoint_findings(r: Any, git: GitView | None = None) -> list[Finding]:
     """The 2 MB rule for the ``best.pt`` of one finished run (``r``: its :class:`engine.record.RunRecord`)."""
+    from engine.checkpoint import file_sha256
     from studies.evaluate import COMMIT_LIMIT_BYTES
 
     git = git or GitView()
@@ -162,7 +156,7 @@ def checkpoint_findings(r: Any, git: GitView | None = None) -> list[Finding]:
                 "one against")
     elif committed is None and git.is_ignored(path):
         bad(f"best.pt of {_mb(actual)} is ignored by git: a best.pt of at most {limit} is committed with its run")
-    if sha is not None and _sha256(path) != sha:
+    if sha is not None and file_sha256(path) != sha:
         bad(f"best.pt differs from the SHA-256 its record stores ({sha[:12]}...)")
     return out
 
@@ -330,7 +324,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", default="results", metavar="DIR", help="results folder (default: results/)")
     p.add_argument("--strict", action="store_true", help="a table cell with fewer seeds than declared is an error")
     p.add_argument("--format", choices=("text", "json"), default="text", help="output format (default: text)")
+    p.add_argument("--stamp-checkpoints", action="store_true",
+                   help="first store the size and SHA-256 of best.pt in every finished record that predates them "
+                        "(schema 1), so that a best.pt over 2 MB can stay out of git; only a best.pt that names "
+                        "its run and selected epoch is stamped, and nothing else of a record changes")
     return p
+
+
+def stamp_checkpoints(results: Path) -> list[str]:
+    """Apply :func:`engine.checkpoint.stamp_best_checkpoint` to every finished record; the names stamped."""
+    from engine.checkpoint import stamp_best_checkpoint
+
+    runs = results / "runs"
+    records = sorted(p for p in runs.iterdir() if p.is_dir()) if runs.is_dir() else []
+    return [rec.name for rec in records if stamp_best_checkpoint(rec) is None]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -339,6 +346,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not results.is_dir():
         print(_cli.error_line(PROG, f"--results {results} is not a folder"), file=sys.stderr)
         return _cli.USAGE_ERROR
+    if args.stamp_checkpoints:
+        for name in stamp_checkpoints(results):
+            print(f"stamped runs/{name}: best.pt size and SHA-256 now in its metrics.json", file=sys.stderr)
     findings, summaries, n_records = audit(results, args.strict)
     errors = [f for f in findings if not f.warning]
     if args.format == "json":

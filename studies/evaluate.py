@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import io
 import math
 import re
@@ -253,14 +252,6 @@ def finished_runs(results: Path, suite: str, suite_arg: str | None = None) -> tu
     return runs, other
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def check_checkpoint(run: Run, allow_mismatch: bool = False) -> tuple[str | None, bool | None, str | None]:
     """(SHA-256 of best.pt or None, verified against the record, problem). ``verified`` is None when the record
     stores no SHA-256 (records before schema 2); ``problem`` is set when the run cannot be evaluated."""
@@ -271,8 +262,10 @@ def check_checkpoint(run: Run, allow_mismatch: bool = False) -> tuple[str | None
         why = (f"{size / 1e6:.1f} MB, over the {COMMIT_LIMIT_BYTES / 1e6:.0f} MB committed with a run"
                if size is not None and size > COMMIT_LIMIT_BYTES else "not in this results folder")
         return None, None, f"{path} is missing ({why})"
+    from engine.checkpoint import file_sha256
+
     try:
-        sha = _file_sha256(path)
+        sha = file_sha256(path)
     except OSError as e:
         return None, None, f"{path} cannot be read ({e.strerror or e})"
     if want is None:

@@ -165,6 +165,29 @@ def test_absent_large_checkpoint_with_its_sha256_passes(clean_results, tmp_path)
                                  "cannot be checked")]
 
 
+def test_stamp_checkpoints_fills_schema_1_records_only(clean_results, tmp_path, capsys):
+    """--stamp-checkpoints stores size and SHA-256 of a record's own best.pt where a schema-1 record has none, and
+    leaves a record whose best.pt is another run's, an unfinished record and a stamped one as they are."""
+    results, recs = _copy(clean_results, tmp_path)
+    before = {r.name: json.loads((r / "metrics.json").read_text()) for r in recs}
+    for r in recs:
+        _edit_json(r / "metrics.json", lambda m: m.pop("best_checkpoint"))
+    shutil.copy(recs[0] / "checkpoints" / "best.pt", recs[2] / "checkpoints" / "best.pt")  # another run's weights
+    (recs[1] / "status.json").rename(recs[1] / "status.json.off")  # unfinished
+    assert main(["--results", str(results), "--stamp-checkpoints"]) == 1  # recs[1] is now incomplete
+    err = capsys.readouterr().err
+    assert f"stamped runs/{recs[0].name}" in err and recs[1].name not in err and recs[2].name not in err
+    assert json.loads((recs[0] / "metrics.json").read_text()) == before[recs[0].name]
+    assert "best_checkpoint" not in json.loads((recs[2] / "metrics.json").read_text())
+    assert "best_checkpoint" not in json.loads((recs[1] / "metrics.json").read_text())
+    (recs[1] / "status.json.off").rename(recs[1] / "status.json")
+    main(["--results", str(results), "--stamp-checkpoints"])
+    assert f"stamped runs/{recs[1].name}" in capsys.readouterr().err
+    assert json.loads((recs[1] / "metrics.json").read_text()) == before[recs[1].name]
+    main(["--results", str(results), "--stamp-checkpoints"])  # nothing left to stamp
+    assert "stamped" not in capsys.readouterr().err
+
+
 def test_present_checkpoint_must_match_its_sha256(clean_results, tmp_path):
     results, recs = _copy(clean_results, tmp_path)
     shutil.copy(recs[0] / "checkpoints" / "best.pt", recs[2] / "checkpoints" / "best.pt")  # another run's weights
