@@ -149,3 +149,34 @@ def test_index_links_every_suite(html_report, browser):
     links = page.evaluate("() => Array.from(document.links).map(a => a.href)")
     assert len(links) == 2 and all(Path(unquote(urlparse(u).path)).is_file() for u in links)
     page.close()
+
+
+COMMITTED = sorted((Path(__file__).resolve().parents[1] / "reports").glob("*/index.html"))
+
+
+@pytest.mark.parametrize("index", COMMITTED, ids=[p.parent.name for p in COMMITTED])
+def test_committed_report_loads_in_chromium(index, browser):
+    """What the repository shows: each committed report opens with no console error, every image decodes, every
+    local link resolves, and its results table shows the committed summary.csv (mean over seeds, in %)."""
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    errors, failed = [], []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("requestfailed", lambda r: failed.append(r.url))
+    page.goto(index.as_uri())
+    page.wait_for_load_state("load")
+    assert not errors and not failed, (errors, failed)
+    broken = page.evaluate("""() => Array.from(document.images)
+        .filter(i => i.offsetParent !== null && !(i.complete && i.naturalWidth > 0)).map(i => i.src)""")
+    assert not broken, broken
+    for url in page.evaluate("() => Array.from(document.querySelectorAll('img[src], a[href]')).map(e => e.src || e.href)"):
+        u = urlparse(url)
+        assert u.scheme in ("data", "") or (u.scheme == "file" and Path(unquote(u.path)).exists()), url
+    cells = page.evaluate("""() => Array.from(document.querySelectorAll('table.results td[data-col]'))
+        .map(td => [td.closest('tr').dataset.variant, td.dataset.col, parseFloat(td.dataset.mean)])""")
+    assert cells, "no results table"
+    summary = pd.read_csv(index.parent / "summary.csv")
+    for variant, col, mean in cells:  # one row per dataset of the variant: the cell is one of them
+        assert np.isclose(summary.loc[summary["variant"] == variant, f"{col}_mean"], mean, rtol=1e-9).any(), \
+            (variant, col, mean)
+    page.close()
