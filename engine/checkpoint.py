@@ -25,7 +25,8 @@ from engine.env import capture_rng, restore_rng
 from engine.fastview import uses_fast_path
 from engine.numerics import precision_mode, resume_key, training_path
 from engine.record import (
-    RecordError, atomic_torch_save, atomic_write_json, load_record, read_json, read_status, record_dir_for,
+    RecordError, atomic_torch_save, load_record, read_metrics, read_status, record_dir_for,
+    update_metrics,
 )
 
 if TYPE_CHECKING:
@@ -73,13 +74,11 @@ def stamp_best_checkpoint(record_dir: Path) -> str | None:
     checked. The file is taken as the run's own only when it names the record's run and its selected epoch;
     returns why nothing was stamped (already stored, unfinished, no or foreign file), or None once stamped.
     """
-    metrics_path = record_dir / "metrics.json"
     if read_status(record_dir) is None:
         return "unfinished"
-    try:
-        metrics = read_json(metrics_path)
-    except (OSError, ValueError):
-        return f"{metrics_path} cannot be read"
+    metrics = read_metrics(record_dir)
+    if not metrics:
+        return f"the metrics of {record_dir} cannot be read"
     if metrics.get("best_checkpoint"):
         return "already stored"
     best = record_dir / "checkpoints" / BEST
@@ -92,7 +91,7 @@ def stamp_best_checkpoint(record_dir: Path) -> str | None:
     if ck.get("config_hash") != record_dir.name or ck.get("epoch") != metrics.get("best_epoch"):
         return (f"{best} holds run {ck.get('config_hash')} epoch {ck.get('epoch')}, the record selected "
                 f"run {record_dir.name} epoch {metrics.get('best_epoch')}")
-    atomic_write_json(metrics_path, {**metrics, "best_checkpoint": checkpoint_facts(best)})
+    update_metrics(record_dir, best_checkpoint=checkpoint_facts(best))
     return None
 
 

@@ -34,11 +34,13 @@ import torch
 __all__ = [
     "STATUS_FILE", "FINISHED_STATUSES", "record_dir_for", "atomic_write", "atomic_write_bytes", "atomic_write_text",
     "atomic_write_json", "atomic_write_csv", "atomic_torch_save", "read_json", "read_json_or_empty", "read_metrics",
+    "update_metrics",
     "write_status", "read_status", "is_finished", "load_record", "RunRecord", "Session", "RecordError", "RECORD_SCHEMA",
     "RESUME_KEY_FIELDS", "jsonable",
 ]
 
 STATUS_FILE = "status.json"
+METRICS_FILE = "metrics.json"
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 FINISHED_STATUSES = ("done", "failed")
@@ -155,7 +157,22 @@ def read_json_or_empty(path: str | os.PathLike) -> dict[str, Any]:
 
 def read_metrics(record_dir: str | os.PathLike) -> dict[str, Any]:
     """The record's ``metrics.json`` as written; ``{}`` when it is missing or unreadable."""
-    return read_json_or_empty(Path(record_dir) / "metrics.json")
+    return read_json_or_empty(Path(record_dir) / METRICS_FILE)
+
+
+def update_metrics(record_dir: str | os.PathLike, **fields: Any) -> None:
+    """Add ``fields`` to a finished record's ``metrics.json`` (atomic rewrite, other keys kept).
+
+    Raises :class:`RecordError` when the file is missing or is not a JSON object, leaving it untouched.
+    """
+    path = Path(record_dir) / METRICS_FILE
+    try:
+        metrics = read_json(path)
+    except (OSError, ValueError) as e:
+        raise RecordError(f"{path} cannot be read ({type(e).__name__}); rerun the run with --restart") from e
+    if not isinstance(metrics, dict):
+        raise RecordError(f"{path} is not a JSON object; rerun the run with --restart")
+    atomic_write_json(path, {**metrics, **fields})
 
 
 # ------------------------------------------------------------------------------ status

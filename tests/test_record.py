@@ -192,3 +192,25 @@ def test_resume_conflict_reads_the_started_key_through_the_record(tmp_path):
     assert str(env) in problem and "--restart" in problem and len(problem.splitlines()) == 1
     (rec / "status.json").write_text(json.dumps({"status": "done"}))
     assert resume_conflict(cfg, tmp_path) is None  # finished: nothing to resume
+
+
+# ------------------------------------------------------------------------------ update_metrics
+def test_update_metrics_adds_fields_and_keeps_the_rest(tmp_path):
+    from engine.record import atomic_write_json, read_metrics, update_metrics
+    atomic_write_json(tmp_path / "metrics.json", {"dsc": 0.9, "best_epoch": 3})
+    update_metrics(tmp_path, best_checkpoint={"bytes": 10, "sha256": "ab"})
+    assert read_metrics(tmp_path) == {"dsc": 0.9, "best_epoch": 3, "best_checkpoint": {"bytes": 10, "sha256": "ab"}}
+
+
+@pytest.mark.parametrize("content", [None, "[1, 2]", "{not json"])
+def test_update_metrics_refuses_a_missing_or_broken_file_and_leaves_it(tmp_path, content):
+    from engine.record import RecordError, update_metrics
+    path = tmp_path / "metrics.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(RecordError, match="metrics.json"):
+        update_metrics(tmp_path, x=1)
+    if content is None:
+        assert not path.exists()
+    else:
+        assert path.read_text() == content
