@@ -295,11 +295,28 @@ def audit_table(results: Path, csv_path: Path, facts: dict[str, RunFacts], stric
     return out, summary
 
 
-def audit(results: Path, strict: bool = False) -> tuple[list[Finding], list[dict[str, Any]], int]:
-    """All findings for a results folder, the per-table summaries, and the number of records checked."""
+def _table_hashes(csv_path: Path) -> set[str]:
+    """The config hashes a table's rows name (empty when the table cannot be read: audit_table reports that)."""
+    try:
+        return set(pd.read_csv(csv_path, dtype={"config_hash": str}, usecols=["config_hash"])["config_hash"])
+    except (OSError, ValueError):
+        return set()
+
+
+def audit(results: Path, strict: bool = False, suites: Sequence[str] | None = None
+          ) -> tuple[list[Finding], list[dict[str, Any]], int]:
+    """All findings for a results folder, the per-table summaries, and the number of records checked.
+
+    With ``suites``, only those suites' tables and the records their rows name are checked.
+    """
     findings: list[Finding] = []
     facts: dict[str, RunFacts] = {}
+    tables = sorted(results.glob("*/results.csv"))
     records = sorted(p for p in (results / "runs").iterdir() if p.is_dir()) if (results / "runs").is_dir() else []
+    if suites is not None:
+        tables = [t for t in tables if t.parent.name in suites]
+        named = set().union(*(_table_hashes(t) for t in tables)) if tables else set()
+        records = [r for r in records if r.name in named]
     git = git_view(results) if records else GitView()
     for rec in records:
         f, fact = audit_record(rec, git)
@@ -307,7 +324,7 @@ def audit(results: Path, strict: bool = False) -> tuple[list[Finding], list[dict
         if fact is not None and not any(x.check == "complete" for x in f):
             facts[rec.name] = fact
     summaries = []
-    for csv_path in sorted(results.glob("*/results.csv")):
+    for csv_path in tables:
         f, s = audit_table(results, csv_path, facts, strict)
         findings += f
         summaries.append(s)
@@ -318,12 +335,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = _cli.parser(PROG, "Check every run record and suite table of a results folder: complete, "
                           "recomputable, single-device, clean, traceable, seeds, checkpoints (2 MB rule).",
                     epilog="examples:\n  python -m studies.audit --results results\n"
+                           "  python -m studies.audit --strict --suite ablation_ghpa,ablation_macro\n"
                            "  python -m studies.audit --strict --format json\n\n"
                            "exit status: 0 clean; 1 a violation (seed shortfalls only with --strict);\n"
                            "2 bad arguments (one line on stderr)")
     p.add_argument("--results", default="results", metavar="DIR", help="results folder (default: results/)")
     p.add_argument("--strict", action="store_true", help="a table cell with fewer seeds than declared is an error")
     p.add_argument("--format", choices=("text", "json"), default="text", help="output format (default: text)")
+    p.add_argument("--suite", metavar="S,S,...", default=None,
+                   help="check only these suites' tables and the run records their rows name (default: all)")
     p.add_argument("--stamp-checkpoints", action="store_true",
                    help="first store the size and SHA-256 of best.pt in every finished record that predates them "
                         "(schema 1), so that a best.pt over 2 MB can stay out of git; only a best.pt that names "
@@ -346,10 +366,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not results.is_dir():
         print(_cli.error_line(PROG, f"--results {results} is not a folder"), file=sys.stderr)
         return _cli.USAGE_ERROR
+    suites = None
+    if args.suite is not None:
+        suites = [x.strip() for x in args.suite.split(",") if x.strip()]
+        unknown = [x for x in suites if not (results / x / "results.csv").is_file()]
+        if not suites or unknown:
+            print(_cli.error_line(PROG, f"--suite {args.suite}: no table {results}/{(unknown or [''])[0]}/results.csv; "
+                                        "name suites that have a results.csv there"), file=sys.stderr)
+            return _cli.USAGE_ERROR
     if args.stamp_checkpoints:
         for name in stamp_checkpoints(results):
             print(f"stamped runs/{name}: best.pt size and SHA-256 now in its metrics.json", file=sys.stderr)
-    findings, summaries, n_records = audit(results, args.strict)
+    findings, summaries, n_records = audit(results, args.strict, suites)
     errors = [f for f in findings if not f.warning]
     if args.format == "json":
         print(json.dumps({"records": n_records, "tables": summaries,

@@ -108,6 +108,22 @@ def test_incomplete_record_and_seed_shortfall(clean_results, tmp_path):
     assert main(["--results", str(results2), "--strict"]) == 1
 
 
+def test_suite_filter_checks_only_those_tables_and_their_records(clean_results, tmp_path, capsys):
+    results, recs = _copy(clean_results, tmp_path)
+    shutil.copytree(results / "smoke", results / "ablation_ghpa")  # a second table that is 2 seeds short at cpu
+    table = results / "ablation_ghpa" / "results.csv"
+    pd.read_csv(table).assign(budget="cpu").to_csv(table, index=False)
+    stray = results / "runs" / "0123456789ab"  # an incomplete record no table names
+    stray.mkdir()
+    shutil.copy(recs[0] / "config.json", stray / "config.json")
+    assert main(["--results", str(results), "--strict"]) == 1
+    assert main(["--results", str(results), "--strict", "--suite", "smoke"]) == 0
+    assert f"{len(recs)} run records, 1 tables" in capsys.readouterr().out
+    assert main(["--results", str(results), "--strict", "--suite", "ablation_ghpa"]) == 1
+    assert main(["--results", str(results), "--suite", "smoke,nope"]) == 2
+    assert "nope/results.csv" in capsys.readouterr().err
+
+
 def test_bad_results_folder_exits_2(tmp_path, capsys):
     assert main(["--results", str(tmp_path / "nope")]) == 2
     assert "not a folder" in capsys.readouterr().err
