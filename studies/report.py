@@ -51,6 +51,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--qual-variants", type=int, default=0, metavar="N",
                    help="at most N models in the qualitative grid, EGE-UNet first (default 0: every variant)")
     p.add_argument("--qual-ids", nargs="+", metavar="ID", help="test image ids of the qualitative grid")
+    p.add_argument("--browser-images", type=int, default=12, metavar="N",
+                   help="test images whose overlays the per-image browser of index.html pre-renders, spread "
+                        "from worst to best (default 12; 0: every test image, which copies the whole test set's "
+                        "images into the report folder: do that for a local report, not for one you commit)")
     return p
 
 
@@ -79,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         return _error("--n-boot must be at least 100")
     if args.qual_variants < 0:
         return _error("--qual-variants must be 0 (all) or more")
+    if args.browser_images < 0:
+        return _error("--browser-images must be 0 (every test image) or more")
     try:
         names = discover_suites(args.results) if args.all else list(dict.fromkeys(args.suite))
         suites = dict(declared_reference(n) for n in names)  # results folder -> declared reference
@@ -90,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         for suite, declared in suites.items():
             options = Options(n_boot=args.n_boot, reported=not args.no_reported, html=not args.no_html,
                               qualitative=not args.no_qualitative, max_qual_variants=args.qual_variants,
-                              qual_ids=args.qual_ids, reference=args.reference or declared)
+                              qual_ids=args.qual_ids, browser_images=args.browser_images,
+                              reference=args.reference or declared)
             t0 = time.perf_counter()
             rep = build_suite_report(args.results, suite, args.out, options)
             made = sum(1 for fs in rep.figures.values() for f in fs if f.made)

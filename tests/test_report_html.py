@@ -58,16 +58,44 @@ def test_static_html_has_everything_and_no_network(html_report):
             assert (out / SUITE / "figures" / f"{kind}__{SLUG}.{ext}").stat().st_size > 2000, (kind, ext)
 
 
+def test_browser_images_0_renders_an_overlay_for_every_row(html_report, tmp_path):
+    """--browser-images 0: every row of the per-image browser opens its image with the overlays."""
+    from studies.report import main
+
+    out, _df = html_report
+    results = out.parent / "results"
+    assert main(["--suite", SUITE, "--results", str(results), "--out", str(tmp_path), "--n-boot", "300",
+                 "--browser-images", "0"]) == 0
+    page = (tmp_path / SUITE / "index.html").read_text()
+    keys = re.findall(r'<tr[^>]*data-group="[^"]*"[^>]*data-key="([^"]+)"', page)
+    assert len(keys) >= 8
+    details = set(re.findall(rf'id="detail-{SLUG}-([^"]+)"', page))
+    assert set(keys) <= details
+    default_page = (out / SUITE / "index.html").read_text()
+    assert len(set(re.findall(rf'id="detail-{SLUG}-([^"]+)"', default_page))) < len(keys)
+    assert main(["--suite", SUITE, "--results", str(results), "--out", str(tmp_path), "--browser-images", "-1"]) == 2
+
+
+def _unavailable(why: str) -> None:
+    """Skip without a browser; fail instead where the environment requires it (CI installs Chromium)."""
+    if os.environ.get("EGEUNET_REQUIRE_BROWSER"):
+        pytest.fail(f"EGEUNET_REQUIRE_BROWSER is set but {why}")
+    pytest.skip(why)
+
+
 @pytest.fixture(scope="module")
 def browser():
     if not Path(CHROMIUM).is_file():
-        pytest.skip(f"chromium not installed at {CHROMIUM}")
-    sync_api = pytest.importorskip("playwright.sync_api")
+        _unavailable(f"chromium not installed at {CHROMIUM}")
+    try:
+        from playwright import sync_api
+    except ImportError:
+        _unavailable("playwright is not installed (pip install -e '.[dev]')")
     with sync_api.sync_playwright() as p:
         try:
             b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        except Exception as exc:  # a broken install: skip, do not fail the suite
-            pytest.skip(f"chromium does not start: {exc}")
+        except Exception as exc:  # a broken install
+            _unavailable(f"chromium does not start: {exc}")
         yield b
         b.close()
 

@@ -82,6 +82,19 @@ def test_holm_is_applied_across_the_variants(shifted):
     assert ((marked["ci_low"] > 0) | (marked["ci_high"] < 0)).all()
 
 
+def test_holm_family_leaves_out_one_seed_variants(tmp_path: Path):
+    """The caption's Holm count is the variants that had a test: a one-seed variant is not in the family."""
+    spec = FakeSuite("mixed", [FakeVariant("egeunet"), FakeVariant("egeunet_no_xy", shift=-0.02),
+                               FakeVariant("egeunet_no_zx", seeds=(0,)), FakeVariant("egeunet_x2", seeds=(0,))],
+                     seeds=(0, 1, 2), n_images=60)
+    fake_suite(tmp_path, spec)
+    group, per = _per_image(tmp_path, "mixed")
+    tests = compare_with_reference(group.reference, group.variants, per, n_boot=N_BOOT)
+    assert set(tests.loc[tests["verdict"] == NO_INFERENCE, "variant"]) == {"egeunet_no_zx", "egeunet_x2"}
+    assert "across the 1 variant of the table" in tests["test"].iloc[0]
+    assert _row(tests, "egeunet_no_xy")["p_holm"] == pytest.approx(_row(tests, "egeunet_no_xy")["p"])
+
+
 def test_pairing_by_image_matters():
     """A 1 pp shift under large image-to-image spread is found because images are paired."""
     rng = np.random.default_rng(0)

@@ -36,7 +36,7 @@ class Options:
     qualitative: bool = True
     max_qual_variants: int = 0  # 0: every variant of the table
     qual_ids: list[str] | None = None
-    browser_images: int = 12  # test images with pre-rendered overlays in index.html
+    browser_images: int = 12  # test images with pre-rendered overlays in index.html (0: every test image)
     reference: str | None = None  # the suite's declared reference variant (None: EGE-UNet)
 
 
@@ -185,7 +185,7 @@ def _html_section(table: Table, outcomes, out: Path, results_root: Path, suite: 
         rendered, notes = {}, {}
         if options.qualitative and not frame.empty:
             ref_per = per_image[(anchor, seed)]
-            ids = list(dict.fromkeys([i for i, _ in choose_ids(ref_per)] + spread_ids(ref_per, options.browser_images)))
+            ids = list(dict.fromkeys([i for i, _ in choose_ids(ref_per)] + spread_ids(ref_per, options.browser_images or len(ref_per))))
             preds = predict_variants(g, results_root, suite, per_image, ids, seed)
             if isinstance(preds, str):
                 notes["all"] = preds
@@ -198,7 +198,8 @@ def _html_section(table: Table, outcomes, out: Path, results_root: Path, suite: 
         else:
             browser = (f"<p>Seed {seed} of each variant (else its first seed). Click a column heading to sort, a row "
                        f"to open the image; overlays are pre-rendered for the {len(rendered)} rows marked ◆ (worst to "
-                       "best of the reference).</p>" + browser)
+                       "best of the reference; <code>python -m studies.report --browser-images 0</code> renders every "
+                       "test image, for a local report).</p>" + browser)
     return page.section(table, outcomes, out, browser, tests_frame(table))
 
 

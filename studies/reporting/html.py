@@ -66,7 +66,7 @@ function showImage(tr){
   var d=document.getElementById('detail-'+slug+'-'+tr.getAttribute('data-key'));
   var none=document.getElementById('none-'+slug);
   if(d){d.classList.add('open'); none.style.display='none';}
-  else{none.textContent='No overlay was rendered for '+id+' (only a spread of images from worst to best is pre-rendered; the highlighted rows have one).'; none.style.display='block';}
+  else{none.textContent='No overlay was rendered for '+id+' (only a spread of images from worst to best is pre-rendered; the highlighted rows have one; --browser-images 0 renders all).'; none.style.display='block';}
 }
 document.addEventListener('DOMContentLoaded', function(){
   document.querySelectorAll('table.sortable th').forEach(function(th){th.addEventListener('click', function(){sortTable(th);});});

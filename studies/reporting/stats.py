@@ -207,7 +207,9 @@ def compare_with_reference(reference: str | None, variants: list[str],
     out["p_holm"] = np.nan
     for _m, idx in out.groupby("metric").groups.items():
         out.loc[idx, "p_holm"] = holm(out.loc[idx, "p"].to_numpy())
-    k = int(out.groupby("metric")["variant"].nunique().max())
+    # Holm's family is the variants with a p-value (one-seed variants have none and are not corrected for)
+    tested = out[np.isfinite(out["p"])].groupby("metric")["variant"].nunique()
+    k = int(tested.max()) if len(tested) else 0
     out["test"] = TEST_NAME.format(n_boot=n_boot, k=k, s="s" if k != 1 else "")
 
     def verdict(r) -> str:
