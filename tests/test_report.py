@@ -225,6 +225,27 @@ def test_committed_tables_tex_compiles(suite: str, tmp_path: Path):
     assert_compiles(work)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("suite", COMMITTED_REPORTS)
+def test_committed_report_is_rebuilt_from_committed_results(suite: str, tmp_path: Path):
+    """A committed report is what ``studies.report`` makes of the committed results today: summary, statistics
+    and LaTeX tables are equal to a rebuild (so a new run committed without rebuilding its report fails here)."""
+    from studies.report import main
+
+    if not (REPO / "results" / suite / "results.csv").is_file():
+        pytest.fail(f"reports/{suite} has no results/{suite}/results.csv to be built from")
+    assert main(["--suite", suite, "--results", str(REPO / "results"), "--out", str(tmp_path),
+                 "--no-html", "--no-qualitative"]) == 0
+    committed, rebuilt = REPO / "reports" / suite, tmp_path / suite
+    for name in ("summary.csv", "stats.csv", "tables.tex"):
+        assert (rebuilt / name).read_text() == (committed / name).read_text(), f"reports/{suite}/{name} is stale"
+    tex = sorted(p.name for p in (committed / "tables").glob("*.tex"))
+    assert tex == sorted(p.name for p in (rebuilt / "tables").glob("*.tex"))
+    for name in tex:
+        assert (rebuilt / "tables" / name).read_text() == (committed / "tables" / name).read_text(), \
+            f"reports/{suite}/tables/{name} is stale: python -m studies.report --suite {suite}"
+
+
 def test_report_md_states_provenance_and_conventions(smoke_results: Path, smoke_report: Path):
     md = (smoke_report / "report.md").read_text()
     runs = _results_table(smoke_results, "smoke")
