@@ -254,6 +254,10 @@ def test_report_md_states_provenance_and_conventions(smoke_results: Path, smoke_
         assert f"`{h}`" in md
     for c in set(runs["commit"].dropna()):
         assert str(c)[:12] in md
+    provenance = md.split("## Provenance", 1)[1]
+    header = next(line for line in provenance.splitlines() if line.startswith("| variant"))
+    for col in ("device", "precision", "numerics_version", "data"):  # what a run's numbers depend on
+        assert f" {col} " in header, col
     for needed in ("protocol", "budget", "seeds", "Pooled", "legacy-thop", "ddof = 1", "Holm", "hierarchical",
                    "| w/o GAB"):
         assert needed in md, needed

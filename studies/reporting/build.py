@@ -225,11 +225,12 @@ def _section(table: Table, outcomes: list[figs.FigureOutcome], out: Path) -> dic
 
 def _provenance(done: pd.DataFrame) -> str:
     cols = [c for c in ("variant", "model", "dataset", "protocol", "budget", "seed", "config_hash", "commit",
-                        "best_epoch", "epochs", "wall_s", "synthetic") if c in done.columns]
+                        "device", "precision", "numerics_version", "data", "best_epoch", "epochs", "wall_s",
+                        "synthetic") if c in done.columns]
     frame = done[cols].copy()
-    for c in ("best_epoch", "epochs", "seed"):
+    for c in ("best_epoch", "epochs", "seed", "numerics_version"):
         if c in frame:
-            frame[c] = frame[c].map(lambda v: f"{int(v)}" if pd.notna(v) else "")
+            frame[c] = frame[c].map(lambda v: f"{int(v)}" if pd.notna(v) and str(v) != "" else "")
     if "wall_s" in frame:
         frame["wall_s"] = frame["wall_s"].map(lambda v: f"{v:.0f}" if pd.notna(v) else "")
     frame["variant"] = frame["variant"].map(lambda v: str(v).replace("_", "\\_"))
