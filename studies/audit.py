@@ -369,9 +369,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     suites = None
     if args.suite is not None:
         suites = [x.strip() for x in args.suite.split(",") if x.strip()]
-        unknown = [x for x in suites if not (results / x / "results.csv").is_file()]
-        if not suites or unknown:
-            print(_cli.error_line(PROG, f"--suite {args.suite}: no table {results}/{(unknown or [''])[0]}/results.csv; "
+        missing = [x for x in suites if not (results / x / "results.csv").is_file()] if suites else [""]
+        if missing:
+            print(_cli.error_line(PROG, f"--suite {args.suite}: no table {results / missing[0] / 'results.csv'}; "
                                         "name suites that have a results.csv there"), file=sys.stderr)
             return _cli.USAGE_ERROR
     if args.stamp_checkpoints:

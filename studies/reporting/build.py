@@ -185,7 +185,8 @@ def _html_section(table: Table, outcomes, out: Path, results_root: Path, suite: 
         rendered, notes = {}, {}
         if options.qualitative and not frame.empty:
             ref_per = per_image[(anchor, seed)]
-            ids = list(dict.fromkeys([i for i, _ in choose_ids(ref_per)] + spread_ids(ref_per, options.browser_images or len(ref_per))))
+            spread = spread_ids(ref_per, options.browser_images or len(ref_per))  # 0: every test image
+            ids = list(dict.fromkeys([i for i, _ in choose_ids(ref_per)] + spread))
             preds = predict_variants(g, results_root, suite, per_image, ids, seed)
             if isinstance(preds, str):
                 notes["all"] = preds
