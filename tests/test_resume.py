@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -24,18 +23,30 @@ CFG = {"model": "egeunet", "dataset": "synthetic", "budget": "smoke", "seed": 7,
        "recipe": {"epochs": 8, "max_train_images": 24}}
 
 SCRIPT = """
-import json, sys
+import json, os, signal, sys
+import engine.train
 from engine.train import RunConfig, run_training
+kill_at = int(sys.argv[4]) if len(sys.argv) > 4 else None
+if kill_at is not None:  # SIGKILL this process right after latest.pt for epoch kill_at is on disk
+    save = engine.train.save_latest
+
+    def save_then_die(ckpt_dir, state):
+        save(ckpt_dir, state)
+        if int(state["epoch"]) >= kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    engine.train.save_latest = save_then_die
 cfg = RunConfig(**json.loads(sys.argv[2]))
 res = run_training(cfg, sys.argv[1], threads=int(sys.argv[3]), progress=False, profile=False)
 print(res.status, res.resumed_from_epoch)
 """
 
 
-def _spawn(results: Path) -> subprocess.Popen:
+def _spawn(results: Path, kill_at: int | None = None) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": str(THREADS)}
-    return subprocess.Popen([sys.executable, "-c", SCRIPT, str(results), json.dumps(CFG), str(THREADS)], cwd=REPO,
+    args = [str(results), json.dumps(CFG), str(THREADS)] + ([str(kill_at)] if kill_at is not None else [])
+    return subprocess.Popen([sys.executable, "-c", SCRIPT, *args], cwd=REPO,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -47,24 +58,18 @@ def _epoch_of(latest: Path) -> int | None:
 
 
 def _kill_after_epoch(results: Path, record_dir: Path, epoch: int, timeout: float = 240) -> int:
-    """Start a training subprocess and SIGKILL it as soon as ``latest.pt`` holds ``epoch``; return that epoch."""
-    proc = _spawn(results)
-    latest = record_dir / "checkpoints" / "latest.pt"
-    t0 = time.time()
+    """Run a training subprocess that SIGKILLs itself as soon as ``latest.pt`` holds ``epoch`` (a fixed point,
+    so the test cannot race the training); return the epoch ``latest.pt`` holds afterwards."""
+    proc = _spawn(results, kill_at=epoch)
     try:
-        while time.time() - t0 < timeout:
-            if proc.poll() is not None:
-                out, err = proc.communicate()
-                pytest.fail(f"training subprocess ended before it was killed: {out}\n{err[-2000:]}")
-            got = _epoch_of(latest) if latest.exists() else None
-            if got is not None and got >= epoch:
-                break
-            time.sleep(0.02)
-        else:
-            pytest.fail("no checkpoint appeared in time")
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        pytest.fail("the training subprocess did not reach its kill point in time")
+    assert proc.returncode == -signal.SIGKILL, f"not killed (exit {proc.returncode}): {out}\n{err[-2000:]}"
+    got = _epoch_of(record_dir / "checkpoints" / "latest.pt")
+    assert got == epoch, f"latest.pt holds epoch {got}, expected {epoch}"
     return got
 
 
@@ -97,8 +102,7 @@ def test_sigkilled_run_resumes_to_the_same_result(reference, tmp_path):
     assert first < cfg.resolved_recipe().epochs
     # second session, killed again after the next epoch: resumes more than once
     second = _kill_after_epoch(tmp_path, record_dir, first + 1)
-    if not is_finished(record_dir):
-        assert second > first
+    assert not is_finished(record_dir) and second == first + 1
     # third session finishes (in a subprocess as well)
     proc = _spawn(tmp_path)
     out, err = proc.communicate(timeout=300)
