@@ -585,6 +585,9 @@ class _MaskCache:
 
 def _branch_mask(mod: GHPA, name: str, kind: str, h: int, w: int) -> Tensor:
     """The mask of one Hadamard branch, shaped to broadcast against its B x c x H x W chunk."""
+    fused = _branch_mask_ext(mod, name, kind, h, w)
+    if fused is not None:
+        return fused
     m = mod.branch_mask(name, kind, h, w)  # xy: 1 x c x H x W; zx: 1 x 1 x c x H; zy: 1 x 1 x c x W
     c = mod.chunk
     if kind == "zx":
@@ -592,6 +595,50 @@ def _branch_mask(mod: GHPA, name: str, kind: str, h: int, w: int) -> Tensor:
     if kind == "zy":
         return m.reshape(1, c, 1, w)
     return m
+
+
+def _is_mask_conv(seq_: nn.Module, c: int, conv_type: type) -> bool:
+    """``Sequential(depth-wise k=3 'same' conv, GELU, 1x1 conv)`` over ``c`` channels (GHPA's mask convs)."""
+    if not (isinstance(seq_, nn.Sequential) and len(seq_) == 3):
+        return False
+    dw, act, pw = seq_
+    return (type(dw) is conv_type and type(pw) is conv_type and type(act) is nn.GELU and act.approximate == "none"
+            and dw.groups == dw.in_channels == dw.out_channels == c and set(dw.kernel_size) == {3}
+            and set(dw.padding) == {1} and set(dw.dilation) == {1} and set(dw.stride) == {1}
+            and dw.padding_mode == "zeros" and set(pw.kernel_size) == {1} and pw.groups == 1
+            and pw.in_channels == pw.out_channels == c and set(pw.stride) == {1} and set(pw.padding) == {0})
+
+
+def _branch_mask_ext(mod: GHPA, name: str, kind: str, h: int, w: int) -> Tensor | None:
+    """:func:`_branch_mask` by the fused kernels (resize, depth-wise conv) and one GEMM, or None where they
+    do not apply. The masks are tiny and parameter-only, so their cost in training is per-op overhead: the
+    module's own convs go through oneDNN (or the slow 1-D path) at a fixed cost per call, forward and backward.
+    The 1-D depth-wise conv of the zx / zy branches runs as a 3 x 3 one on a 1-row map, its kernel in the middle
+    row (the other rows only ever meet the zero padding)."""
+    p = getattr(mod, f"params_{name}")
+    convs = getattr(mod, f"conv_{name}")
+    c = mod.chunk
+    if not _is_mask_conv(convs, c, nn.Conv2d if kind == "xy" else nn.Conv1d) or any(
+            t.dtype != p.dtype for t in convs.parameters()):
+        return None
+    dw, _, pw = convs
+    if kind == "xy":
+        src, wk = p.contiguous(memory_format=CL), dw.weight
+    else:
+        src, wk = p, F.pad(dw.weight.view(c, 1, 1, 3), (0, 0, 1, 1))
+    if _kernels(src) is None:
+        return None
+    if kind == "xy":
+        t = _up(src, size=(h, w))
+    else:
+        n = h if kind == "zx" else w
+        t = _up(src, size=(c, n)).view(1, c, 1, n).contiguous(memory_format=CL)
+    if torch.is_grad_enabled() and (t.requires_grad or wk.requires_grad):
+        t = _DepthwiseConv.apply(t, wk, dw.bias, 1)
+    else:
+        t = _dw_conv(t, wk, dw.bias, 1)
+    t = F.linear(F.gelu(t).permute(0, 2, 3, 1), pw.weight.view(c, c), pw.bias).permute(0, 3, 1, 2)
+    return t.reshape(1, c, h, 1) if kind == "zx" else t
 
 
 def _memory_format(x: Tensor) -> torch.memory_format:
