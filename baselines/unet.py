@@ -123,7 +123,7 @@ def unet32_part_params(base: int = 32, in_channels: int = 3) -> dict[str, int]:
     macs_rel_tol=0.001,
     min_side=16,
     non_square=(64, 96),
-    fast="zoo.views:channels_last",  # measured: results/bench/paths_cpu.csv (tests/test_paths.py)
+    # no fast view: channels-last measured no clear gain (results/bench/paths_cpu.csv, tests/test_paths.py)
 )
 def unet32(**overrides: Any) -> nn.Module:
     """UNet-32 (EGE-UNet-table UNet): 32-64-128-256-512, ConvTranspose up, 7,763,041 params."""

@@ -49,6 +49,9 @@ their names: ``state_dict`` keys are the plain model's) and returns the same
    give the whole batch's numbers. On the idle 2-core machine two workers beat one process with two
    intra-op threads, in training and at inference: these small ops split poorly across threads.
    A process with one thread (``--workers N`` suites) is unaffected.
+11. **GHPA masks in training**: recomputed every step (they depend on the parameters), through the fused
+   resize and depth-wise kernels and one GEMM each, not the module's tiny convs (oneDNN's fixed cost per call,
+   forward and backward, was most of their time).
 
 Measured and *not* kept: a C++ 1x1 conv (no faster than MKL's GEMM at these widths; the slow
 skinny GEMMs seen in profiles were mostly first-touch page faults on fresh outputs, absent once

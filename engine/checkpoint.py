@@ -187,8 +187,10 @@ def resume_conflict(cfg: "RunConfig", results_dir: str | os.PathLike, *, device:
     except RecordError as e:
         return f"run {rdir.name}: {e}"
     use_fast = uses_fast_path(cfg.model, device, fast)
-    want = resume_key(device, precision_mode(device, cfg.resolved_recipe().amp), use_fast,
-                      path=training_path(fast=use_fast, packed=packed, graph=graph))
+    path = training_path(fast=use_fast, packed=packed, graph=graph)
+    if path == "fast" and started.get("path") == "compiled":
+        path = "compiled"  # the fast view or torch.compile is chosen once, when a run starts (engine.fastview)
+    want = resume_key(device, precision_mode(device, cfg.resolved_recipe().amp), use_fast, path=path)
     diffs = [f"{k} {started.get(k)!r} -> {v!r}" for k, v in want.items() if started.get(k) != v]
     if not diffs:
         return None

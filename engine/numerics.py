@@ -48,10 +48,12 @@ def precision_mode(device: str | torch.device, amp: bool) -> str:
     return "tf32" if tf32 else "fp32"
 
 
-def training_path(*, fast: bool, packed: bool = False, graph: bool = False) -> str:
+def training_path(*, fast: bool, packed: bool = False, graph: bool = False, compiled: bool = False) -> str:
     """The name of a run's training path: ``packed`` (:mod:`engine.packed`), ``graph`` (a CUDA-graph-captured
-    step, :mod:`engine.graphs`), ``fast`` (the registry's fast view) or ``plain``."""
-    return "packed" if packed else "graph" if graph else "fast" if fast else "plain"
+    step, :mod:`engine.graphs`), ``compiled`` (``torch.compile`` where it pays, :mod:`zoo.paths`), ``fast`` (the
+    registry's fast view) or ``plain``."""
+    return "packed" if packed else "graph" if graph else "compiled" if fast and compiled else \
+        "fast" if fast else "plain"
 
 
 def resume_key(device: str | torch.device, precision: str, fast_path: bool, *,

@@ -56,7 +56,7 @@ from engine.evaluate import (
     METRIC_CONVENTIONS, PER_IMAGE_COLUMNS, EvalResult, eval_target_key, evaluate, is_better, parse_eval_target,
     selection_info,
 )
-from engine.fastview import fast_views, uses_fast_path
+from engine.fastview import choose_view, fast_views, uses_fast_path
 from engine.losses import model_loss
 from engine.metrics import SUMMARY_KEYS
 from engine.numerics import precision_mode, resume_key, training_path
@@ -226,6 +226,7 @@ class _Run:
         self.code_version = code_version
         self.use_fast = False
         self.packed = False  # set by engine.packed: trained in lockstep with runs of the same architecture
+        self.view = "declared"  # or "compiled" (engine.fastview.choose_view, in _build)
         self.use_graph = bool(cuda_graph)
         self.graph_step: Any = None  # engine.graphs.GraphStep, captured on the first training batch
         self.use_amp = self.recipe.amp and device.type == "cuda"
@@ -239,7 +240,8 @@ class _Run:
     @property
     def path(self) -> str:
         """The training path recorded in ``env.json`` and fixed for resumes: fast, plain, packed or graph."""
-        return training_path(fast=self.use_fast, packed=self.packed, graph=self.use_graph)
+        return training_path(fast=self.use_fast, packed=self.packed, graph=self.use_graph,
+                             compiled=self.view == "compiled")
 
     # -------------------------------------------------------------------------- setup
     def _write_config(self) -> None:
@@ -285,7 +287,10 @@ class _Run:
         self.model: nn.Module = create_model(cfg.model, **cfg.model_overrides).to(self.device)
         self.weights = loss_weights_of(self.model)
         self.use_fast = uses_fast_path(cfg.model, self.device, self.fast_request)
-        self.train_model, self.eval_model = fast_views(cfg.model, self.model, self.use_fast)
+        self.view = choose_view(cfg.model, self.device, self.use_fast, r.epochs * self.n_train, r.size,
+                                started_path=self._started_path())
+        self.train_model, self.eval_model = fast_views(cfg.model, self.model, self.use_fast,
+                                                       compiled=self.view == "compiled")
         self.optimizer = make_adamw(self.model.parameters(), self.use_fast, lr=r.lr, betas=r.betas, eps=r.eps,
                                     weight_decay=r.weight_decay, amsgrad=False)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=r.t_max, eta_min=r.eta_min)
@@ -301,6 +306,12 @@ class _Run:
     # -------------------------------------------------------------------------- checkpoints
     def _save_best(self) -> None:
         save_best(self.ckpt_dir, self.chash, self.best, self.recipe.selection)
+
+    def _started_path(self) -> str | None:
+        """The training path the session that started this record wrote (None for a new record)."""
+        sessions = read_json_or_empty(self.rdir / "env.json").get("sessions") or []
+        first = sessions[0] if sessions and isinstance(sessions[0], dict) else {}
+        return first.get("path")
 
     def _resume(self) -> int:
         """Load ``latest.pt`` when there is one; returns the last completed epoch (0: a fresh start)."""

@@ -669,6 +669,29 @@ def _summary(sets: list[tuple[str, list[dict[str, str]]]]) -> list[str]:
     return out + [""]
 
 
+def _paths_choice(path: Path) -> list[str]:
+    """What the trainer makes of ``paths_cpu.csv``: per model, where ``torch.compile`` starts to pay
+    (:mod:`zoo.paths`)."""
+    from zoo.paths import COMPILE_SETUP_FACTOR, break_even_images, measurements
+
+    rows = measurements(path)
+    if not rows:
+        return []
+    out = ["## Training path per model (`zoo.paths`, from `paths_cpu.csv`)", "",
+           "A fast-path CPU run trains through `torch.compile` instead of the declared view when the compiled "
+           "step beats the view outright (its 95% interval above the view's) and the run is long enough to win "
+           f"back {COMPILE_SETUP_FACTOR:g} x the measured compile time; otherwise through the view. A resumed run "
+           "keeps the path it started on.", "",
+           "| model | view (channels_last) | compiled | compile s | compiling pays after (images at 224 px) |",
+           "|---|---:|---:|---:|---:|"]
+    for name, m in sorted(rows.items()):
+        n = break_even_images(m, 224)
+        out.append(f"| {name} | {m.view_ratio:.2f} [{m.view_ci[0]:.2f}, {m.view_ci[1]:.2f}] | "
+                   f"{m.compiled_ratio:.2f} [{m.compiled_ci[0]:.2f}, {m.compiled_ci[1]:.2f}] | {m.compile_s:.1f} | "
+                   + ("never" if math.isinf(n) else f"{math.ceil(n):,}") + " |")
+    return out + [""]
+
+
 def render_docs(bench_dir: Path, notes: str = "") -> str:
     """``docs/performance.md`` from every ``*.csv`` in ``bench_dir`` (no measuring)."""
     sets, profiles = [], []
@@ -713,6 +736,9 @@ def render_docs(bench_dir: Path, notes: str = "") -> str:
     for shown, path, rows in sets:
         lines += _meta(path, rows, shown)
         lines += _table(rows)
+    paths_csv = Path(bench_dir) / "paths_cpu.csv"
+    if paths_csv.is_file():
+        lines += _paths_choice(paths_csv)
     if profiles:
         from studies.opprofile import render_docs_section
 
