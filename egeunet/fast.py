@@ -18,8 +18,9 @@ their names: ``state_dict`` keys are the plain model's) and returns the same
 4. **Side outputs**: the 1-channel deep-supervision maps are up-sampled by two small GEMMs with
    ATen's exact bilinear weights (a backward much faster than ATen's scatter kernel); at inference
    they are skipped by default (the final map is bit-identical, docs/models.md §1.3).
-5. **Inference**: micro-batches (default ~4 images of 256x256: activations stay cache-sized and
-   below glibc's mmap threshold) and the parameter-only GHPA masks cached per
+5. **Inference**: micro-batches (default: one per worker, at most ~16 images of 256x256 each: per-call
+   overhead outweighs cache residency here: 4-image chunks measured slower, docs/performance.md) and the
+   parameter-only GHPA masks cached per
    spatial size, recomputed when a parameter they depend on changes (checked by content: fused
    AdamW does not bump version counters): bit-identical.
 6. **Depth-wise convs** (GHPA, GAB's dilated groups) get a hand-written backward: oneDNN's NHWC
@@ -55,8 +56,7 @@ their names: ``state_dict`` keys are the plain model's) and returns the same
 
 Measured and *not* kept: a C++ 1x1 conv (no faster than MKL's GEMM at these widths; the slow
 skinny GEMMs seen in profiles were mostly first-touch page faults on fresh outputs, absent once
-warm); GELU fused into the kernels (a scalar ``erf`` is slower than ATen's vectorised one); larger
-inference micro-batches; branches instead of selects in the max-pool kernels (data-dependent
+warm); GELU fused into the kernels (a scalar ``erf`` is slower than ATen's vectorised one); branches instead of selects in the max-pool kernels (data-dependent
 mispredictions); ``torch.compile`` (inductor, CPU: long compilation, a small gain on inference, a
 slower training step); native channels-last GroupNorm (inaccurate, slow backward); ``F.layer_norm``
 for rows of < 16 values; splitting the training batch into micro-batches; ``var_mean`` (Welford)
@@ -1032,8 +1032,8 @@ class FastModel(nn.Module):
             n = min(self.workers, b)
         else:
             mb = self.micro_batch
-            if mb is None:  # ~4 images of 256 x 256 per chunk
-                mb = max(1, round(4 * 256 * 256 / (x.shape[-1] * x.shape[-2])))
+            if mb is None:  # one chunk per worker, of at most ~16 images of 256 x 256
+                mb = max(1, round(16 * 256 * 256 / (x.shape[-1] * x.shape[-2])))
             n = max(min(self.workers, b), math.ceil(b / mb))
         if n <= 1:
             return [x]
@@ -1083,7 +1083,7 @@ def make_fast(model: nn.Module, mode: str = "train", *, workers: int | None = No
             with one intra-op thread (default: ``torch.get_num_threads()`` at call time, so a
             process given 1 thread -- a suite worker -- runs everything in the calling thread;
             ``1`` forces that; see the module notes).
-        micro_batch: inference chunk size (default ~4 images of 256x256).
+        micro_batch: inference chunk size (default: one chunk per worker, at most ~16 images of 256x256).
         side_outputs: override the mode's default.
         compile: ``torch.compile`` the per-chunk forward (forces ``workers=1``; masks not cached);
             measured not to pay on CPU (see the module notes).
