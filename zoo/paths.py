@@ -13,7 +13,8 @@ short batch of an epoch, the evaluation forward), so it pays only for runs long 
 
 with the per-image times scaled by the pixel count from the measured side to the run's. A model without rows
 in the file (EGE-UNet: its fast path is :mod:`egeunet.fast`; outside models), or a checkout without the file,
-keeps its declared view.
+keeps its declared view; a model that declares no view trains plain (compiling is weighed only against a
+declared view: :func:`engine.fastview.choose_view` is asked only for fast-path runs).
 """
 
 from __future__ import annotations
