@@ -39,12 +39,12 @@ def choose_view(name: str, device: str | torch.device, use_fast: bool, planned_i
 
 def fast_views(name: str, model: nn.Module, use_fast: bool, compiled: bool = False) -> tuple[nn.Module, nn.Module]:
     """``(train module, eval module)``: ``model`` twice, or the registered fast views of ``name`` sharing its
-    parameters (``compiled``: :func:`zoo.paths.compiled` instead, as :func:`choose_view` decides). The eval view
+    parameters (``compiled``: :func:`zoo.views.compiled` instead, as :func:`choose_view` decides). The eval view
     keeps the side outputs: the validation loss that selects the checkpoint is the training loss."""
     if not use_fast:
         return model, model
     if compiled:
-        from zoo.paths import compiled as compiled_view
+        from zoo.views import compiled as compiled_view
 
         view = compiled_view(model, "train")
         return view, view  # one compiled module: eval() switches it (a recompile, counted by the rule)

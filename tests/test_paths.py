@@ -12,7 +12,7 @@ import torch
 from engine.fastview import fast_views, uses_fast_path
 from zoo.contract import as_seg_output
 from zoo.registry import create_model, get_entry
-from zoo.views import ChannelsLast, channels_last
+from zoo.views import ChannelsLast, channels_last, compiled
 
 PATHS_CSV = Path(__file__).resolve().parents[1] / "results" / "bench" / "paths_cpu.csv"
 CHANNELS_LAST = "zoo.views:channels_last"
@@ -157,6 +157,6 @@ def test_a_run_where_compiling_pays_trains_compiled_and_records_the_path(tmp_pat
     assert 0.0 <= rec.metrics["test"]["pooled_dsc"] <= 1.0
     # the compiled view shares the model's parameters and state_dict keys
     model = create_model("unext_s")
-    view = zpaths.compiled(model, "train")
+    view = compiled(model, "train")
     assert [id(p) for p in view.parameters()] == [id(p) for p in model.parameters()]
     assert view.state_dict().keys() == {f"model.{k}" for k in model.state_dict()}

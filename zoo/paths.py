@@ -23,13 +23,9 @@ import csv
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import torch
-from torch import nn
-
-__all__ = ["PATHS_CSV", "COMPILE_SETUP_FACTOR", "PathMeasurement", "measurements", "break_even_images", "compile_pays", "choose_path",
-           "CompiledView", "compiled"]
+__all__ = ["PATHS_CSV", "COMPILE_SETUP_FACTOR", "PathMeasurement", "measurements", "break_even_images", "compile_pays",
+           "choose_path"]
 
 PATHS_CSV = Path(__file__).resolve().parents[1] / "results" / "bench" / "paths_cpu.csv"
 
@@ -104,28 +100,3 @@ def choose_path(model: str, planned_images: int, size: int, path: Path | str | N
     """``"compiled"`` when compiling pays for this run of ``model``, else ``"declared"`` (the registry's view)."""
     m = measurements(path).get(model)
     return "compiled" if m is not None and compile_pays(m, planned_images, size) else "declared"
-
-
-class CompiledView(nn.Module):
-    """``torch.compile(model)`` (inductor, static shapes) sharing the model's parameters and attributes."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-        self.__dict__["_compiled"] = torch.compile(model, dynamic=False)  # not a sub-module: one state_dict
-
-    def forward(self, x: torch.Tensor) -> Any:
-        return self._compiled(x)
-
-    def __getattr__(self, name: str) -> Any:  # loss_weights and other model attributes
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            return getattr(super().__getattr__("model"), name)
-
-
-def compiled(model: nn.Module, mode: str = "train", **_: Any) -> nn.Module:
-    """The compiled view of ``model`` (the same for ``train`` and ``infer``: the mode switch recompiles)."""
-    if mode not in ("train", "infer"):
-        raise ValueError(f"mode must be 'train' or 'infer', got {mode!r}")
-    return CompiledView(model)

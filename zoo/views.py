@@ -13,10 +13,25 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["ChannelsLast", "channels_last"]
+__all__ = ["ChannelsLast", "CompiledView", "channels_last", "compiled"]
 
 
-class ChannelsLast(nn.Module):
+class _View(nn.Module):
+    """A module around ``self.model`` whose other attributes (``loss_weights`` ...) are the model's."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(super().__getattr__("model"), name)
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in ("train", "infer"):
+        raise ValueError(f"mode must be 'train' or 'infer', got {mode!r}")
+
+
+class ChannelsLast(_View):
     """``model`` with its parameters and its input in channels-last (NHWC) memory order.
 
     oneDNN runs most 2-D convolutions faster on NHWC on the CPU. Only the memory order changes: the
@@ -31,15 +46,27 @@ class ChannelsLast(nn.Module):
     def forward(self, x: torch.Tensor) -> Any:
         return self.model(x.contiguous(memory_format=torch.channels_last))
 
-    def __getattr__(self, name: str) -> Any:  # loss_weights and other model attributes
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            return getattr(super().__getattr__("model"), name)
+
+class CompiledView(_View):
+    """``torch.compile(model)`` (inductor, static shapes) sharing the model's parameters and attributes."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.__dict__["_compiled"] = torch.compile(model, dynamic=False)  # not a sub-module: one state_dict
+
+    def forward(self, x: torch.Tensor) -> Any:
+        return self._compiled(x)
 
 
 def channels_last(model: nn.Module, mode: str = "train", **_: Any) -> nn.Module:
     """The channels-last view of ``model`` (``mode`` and options such as ``side_outputs`` change nothing)."""
-    if mode not in ("train", "infer"):
-        raise ValueError(f"mode must be 'train' or 'infer', got {mode!r}")
+    _check_mode(mode)
     return ChannelsLast(model)
+
+
+def compiled(model: nn.Module, mode: str = "train", **_: Any) -> nn.Module:
+    """The compiled view of ``model`` (the same for ``train`` and ``infer``: the mode switch recompiles). Not declared
+    by any registry entry: the trainer takes it where :mod:`zoo.paths` says compiling pays."""
+    _check_mode(mode)
+    return CompiledView(model)
