@@ -58,8 +58,8 @@ Measured and *not* kept: a C++ 1x1 conv (no faster than MKL's GEMM at these widt
 skinny GEMMs seen in profiles were mostly first-touch page faults on fresh outputs, absent once
 warm); GELU fused into the kernels (a scalar ``erf`` is slower than ATen's vectorised one); branches
 instead of selects in the max-pool kernels (data-dependent mispredictions); ``torch.compile`` (inductor,
-CPU: long compilation, a small gain on inference, a slower training step); native channels-last GroupNorm (inaccurate, slow backward); ``F.layer_norm``
-for rows of < 16 values; splitting the training batch into micro-batches; ``var_mean`` (Welford)
+CPU: long compilation, a small gain on inference, a slower training step); native channels-last
+GroupNorm (inaccurate, slow backward); ``F.layer_norm`` for rows of < 16 values; splitting the training batch into micro-batches; ``var_mean`` (Welford)
 reductions; glibc malloc tunables or ``mallopt`` (far fewer page faults, no measurable change in the
 step); LayerNorm statistics as GEMMs with a block-averaging matrix; NCHW for the plain 3x3 convs; the
 3x3 input gradient as a forward conv on transposed weights; the small LayerNorm's channel means as
