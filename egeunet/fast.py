@@ -54,18 +54,18 @@ their names: ``state_dict`` keys are the plain model's) and returns the same
    resize and depth-wise kernels and one GEMM each, not the module's tiny convs (oneDNN's fixed cost per call,
    forward and backward, was most of their time).
 
-Measured and *not* kept: a C++ 1x1 conv (no faster than MKL's GEMM at these widths; the slow
-skinny GEMMs seen in profiles were mostly first-touch page faults on fresh outputs, absent once
-warm); GELU fused into the kernels (a scalar ``erf`` is slower than ATen's vectorised one); branches
-instead of selects in the max-pool kernels (data-dependent mispredictions); ``torch.compile`` (inductor,
-CPU: long compilation, a small gain on inference, a slower training step); native channels-last
-GroupNorm (inaccurate, slow backward); ``F.layer_norm`` for rows of < 16 values; splitting the training batch into micro-batches; ``var_mean`` (Welford)
-reductions; glibc malloc tunables or ``mallopt`` (far fewer page faults, no measurable change in the
-step); LayerNorm statistics as GEMMs with a block-averaging matrix; NCHW for the plain 3x3 convs; the
-3x3 input gradient as a forward conv on transposed weights; the small LayerNorm's channel means as
-GEMVs over the NHWC rows (faster alone, no gain on the step). The kernels are built without
-``-fopenmp`` (it would link a second OpenMP runtime beside torch's) and run single-threaded inside
-the worker threads.
+Measured and *not* kept: a C++ 1x1 conv (no faster than MKL's GEMM at these widths; the slow skinny
+GEMMs seen in profiles were mostly first-touch page faults on fresh outputs, absent once warm); GELU
+fused into the kernels (a scalar ``erf`` is slower than ATen's vectorised one); branches instead of
+selects in the max-pool kernels (data-dependent mispredictions); ``torch.compile`` (inductor, CPU: long
+compilation, a small gain on inference, a slower training step); native channels-last GroupNorm
+(inaccurate, slow backward); ``F.layer_norm`` for rows of < 16 values; splitting the training batch into
+micro-batches; ``var_mean`` (Welford) reductions; glibc malloc tunables or ``mallopt`` (far fewer page
+faults, no measurable change in the step); LayerNorm statistics as GEMMs with a block-averaging matrix;
+NCHW for the plain 3x3 convs; the 3x3 input gradient as a forward conv on transposed weights; the small
+LayerNorm's channel means as GEMVs over the NHWC rows (faster alone, no gain on the step). The kernels
+are built without ``-fopenmp`` (it would link a second OpenMP runtime beside torch's) and run
+single-threaded inside the worker threads.
 
 Speed: ``python -m studies.bench`` measures this path against the reference; its numbers, and the
 design measurements behind the items above, are in docs/performance.md (generated from the
