@@ -167,6 +167,9 @@ def _resolve_data(cfg: RunConfig, data_root: Any, cache_dir: Any) -> RunConfig:
 
 #: the share of the accelerator's free memory the training split may take to be held there (uint8)
 RESIDENT_SHARE = 0.25
+#: a CPU fast-path run prepares the next batch in a background thread when it has at least this many torch
+#: threads (a one-thread suite worker shares its core with another run: nothing to gain there)
+PREFETCH_MIN_THREADS = 2
 
 
 def resident_policy(device: torch.device, nbytes: int) -> bool:
@@ -227,6 +230,7 @@ class _Run:
         self.use_fast = False
         self.packed = False  # set by engine.packed: trained in lockstep with runs of the same architecture
         self.view = "declared"  # or "compiled" (engine.fastview.choose_view, in _build)
+        self.prefetch = False  # the next batch prepared while this one trains (in _build)
         self.use_graph = bool(cuda_graph)
         self.graph_step: Any = None  # engine.graphs.GraphStep, captured on the first training batch
         self.use_amp = self.recipe.amp and device.type == "cuda"
@@ -291,6 +295,9 @@ class _Run:
                                 started_path=self._started_path())
         self.train_model, self.eval_model = fast_views(cfg.model, self.model, self.use_fast,
                                                        compiled=self.view == "compiled")
+        # CPU fast path with cores to spare for it (docs/performance.md); the same batches either way
+        self.prefetch = (self.use_fast and self.device.type == "cpu"
+                         and torch.get_num_threads() >= PREFETCH_MIN_THREADS)
         self.optimizer = make_adamw(self.model.parameters(), self.use_fast, lr=r.lr, betas=r.betas, eps=r.eps,
                                     weight_decay=r.weight_decay, amsgrad=False)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=r.t_max, eta_min=r.eta_min)
@@ -332,6 +339,7 @@ class _Run:
     # -------------------------------------------------------------------------- epochs
     def _train_epoch(self, epoch: int, bar: EpochProgress) -> float:
         from engine.data import augment_batch
+        from engine.data.prefetch import prefetched
 
         r = self.recipe
         self.model.train()
@@ -340,14 +348,17 @@ class _Run:
         steps = (n + bs - 1) // bs
         bar.epoch_start(epoch, steps)
         total = 0.0
-        for s in range(steps):
+        def batch(s: int) -> tuple[int, torch.Tensor, torch.Tensor]:  # the data path of step s
             idx = perm[s * bs:(s + 1) * bs]
             x, y = self.batches.get(idx)
             x, y = augment_batch(x, y, self.aug_gen, paper_quirks=r.paper_quirks, run_angle=self.run_angle)
+            return len(idx), x, y
+
+        for s, (count, x, y) in enumerate(prefetched(batch, steps, ahead=self.prefetch)):
             if self.use_graph:
                 value = self._graph_step(x, y)
                 self._check_loss(value, epoch, s, steps)
-                total += value * len(idx)
+                total += value * count
                 bar.step(value)
                 continue
             with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.use_amp):
@@ -359,7 +370,7 @@ class _Run:
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
-            total += value * len(idx)
+            total += value * count
             bar.step(value)
         return total / n
 

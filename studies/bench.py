@@ -420,23 +420,32 @@ def load_epoch_data(quick: bool, n_quick: int) -> tuple[Any, str]:
 
 def bench_epoch(cands: dict[str, Candidate], device: torch.device, data: Any, batch: int, rounds: int,
                 loss_fn: Callable) -> dict[str, list[float]]:
-    """One full training epoch per unit, as engine.train does it: normalise + augment + step."""
+    """One full training epoch per unit, as engine.train does it: normalise + augment + step; on the CPU the
+    fast candidates prepare the next batch while one trains when there are threads to spare for it, as the
+    trainer's fast path does (engine.train.PREFETCH_MIN_THREADS), the reference in the plain loop."""
     from engine.data import augment_batch, normalise
+    from engine.data.prefetch import prefetched
+    from engine.train import PREFETCH_MIN_THREADS
 
     n = len(data.ids)
 
     def unit(c: Candidate) -> Callable[[], int]:
         w = tuple(c.train.loss_weights)
+        ahead = (c.name != "reference" and device.type == "cpu"
+                 and torch.get_num_threads() >= PREFETCH_MIN_THREADS)
 
         def f() -> int:
             gen = torch.Generator().manual_seed(7)  # same order and augmentation for every candidate
             aug = torch.Generator().manual_seed(8)
             perm = torch.randperm(n, generator=gen).numpy()
-            for s in range(0, n, batch):
-                idx = perm[s:s + batch]
+
+            def prepare(k: int) -> tuple[Tensor, Tensor]:
+                idx = perm[k * batch:(k + 1) * batch]
                 x = normalise(data.images[idx], device=device)
                 y = torch.from_numpy(data.masks[idx]).to(device).unsqueeze(1).float()
-                x, y = augment_batch(x, y, aug)
+                return augment_batch(x, y, aug)
+
+            for x, y in prefetched(prepare, (n + batch - 1) // batch, ahead=ahead):
                 _train_step(c, device, x, y, w, loss_fn)
             return n
         return f

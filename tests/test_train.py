@@ -340,3 +340,61 @@ def test_make_adamw_is_fused_on_the_fast_path_only():
     plain = make_adamw(params, False, lr=1e-3, weight_decay=0.5)
     assert fast.defaults["fused"] is True and not plain.defaults["fused"]
     assert fast.defaults["weight_decay"] == plain.defaults["weight_decay"] == 0.5
+
+
+def test_prefetched_yields_the_plain_loop_in_order_from_a_background_thread():
+    from engine.data.prefetch import prefetched
+
+    def batches(ahead: bool) -> tuple[list[torch.Tensor], set[str]]:
+        gen = torch.Generator().manual_seed(3)
+        threads: set[str] = set()
+
+        def make(i: int) -> torch.Tensor:
+            import threading
+
+            threads.add(threading.current_thread().name)
+            return torch.rand(4, generator=gen) + i
+
+        return list(prefetched(make, 5, ahead=ahead)), threads
+
+    plain, plain_threads = batches(False)
+    ahead, ahead_threads = batches(True)
+    assert all(torch.equal(a, b) for a, b in zip(plain, ahead)) and len(ahead) == 5
+    assert plain_threads == {"MainThread"}
+    assert all(t.startswith("egeunet-prefetch") for t in ahead_threads)
+
+    def failing(i: int) -> int:
+        if i == 2:
+            raise ValueError("bad batch 2")
+        return i
+
+    got = []
+    with pytest.raises(ValueError, match="bad batch 2"):
+        for v in prefetched(failing, 4):
+            got.append(v)
+    assert got == [0, 1]
+
+
+def test_prefetching_the_next_batch_trains_the_same_run(smoke_config, tmp_path, monkeypatch):
+    """With two threads the CPU fast path prepares batch s + 1 in a background thread while s trains; the run is
+    the same run, weight for weight."""
+    import threading
+
+    import engine.data
+    import engine.train as train
+
+    where: list[str] = []
+    real = engine.data.augment_batch
+    monkeypatch.setattr(engine.data, "augment_batch",
+                        lambda *a, **k: where.append(threading.current_thread().name) or real(*a, **k))
+    cfg = smoke_config()
+    two = {**FAST, "threads": 2}
+    ahead = run_training(cfg, tmp_path / "ahead", **two)
+    assert where and all(t.startswith("egeunet-prefetch") for t in where)
+    where.clear()
+    monkeypatch.setattr(train, "PREFETCH_MIN_THREADS", 99)
+    plain = run_training(cfg, tmp_path / "plain", **two)
+    assert where and set(where) == {"MainThread"}
+    a, b = _weights(ahead.record_dir), _weights(plain.record_dir)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert ahead.metrics["test"] == plain.metrics["test"]
