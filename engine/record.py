@@ -36,7 +36,7 @@ __all__ = [
     "atomic_write_json", "atomic_write_csv", "atomic_torch_save", "read_json", "read_json_or_empty", "read_metrics",
     "update_metrics",
     "write_status", "read_status", "is_finished", "load_record", "RunRecord", "Session", "RecordError", "RECORD_SCHEMA",
-    "RESUME_KEY_FIELDS", "jsonable",
+    "RESUME_KEY_FIELDS", "started_session", "jsonable",
 ]
 
 STATUS_FILE = "status.json"
@@ -208,6 +208,12 @@ RECORD_SCHEMA = 2
 RESUME_KEY_FIELDS = ("device_type", "precision", "numerics_version", "path")
 
 
+def started_session(env: dict[str, Any] | None) -> dict[str, Any]:
+    """The raw entry the session that started a run wrote in ``env.json`` (``{}`` when there is none)."""
+    sessions = (env or {}).get("sessions") or []
+    return sessions[0] if sessions and isinstance(sessions[0], dict) else {}
+
+
 class RecordError(ValueError):
     """A record file cannot be read: the message is one line naming the file and what to do."""
 
@@ -338,8 +344,7 @@ class RunRecord:
         """The resume key (device type, precision, numerics version, path) as the session that started the
         run wrote it, without the fallbacks of :class:`Session`: a field the record predates is None, so
         that :func:`engine.checkpoint.resume_conflict` refuses to resume such a record."""
-        sessions = (self.env or {}).get("sessions") or []
-        first = sessions[0] if sessions and isinstance(sessions[0], dict) else {}
+        first = started_session(self.env)
         return {k: first.get(k) for k in RESUME_KEY_FIELDS}
 
     @property

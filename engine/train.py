@@ -63,7 +63,7 @@ from engine.numerics import precision_mode, resume_key, training_path
 from engine.progress import EpochProgress
 from engine.record import (
     atomic_write_csv, atomic_write_json, read_json, read_json_or_empty, read_metrics, read_status, record_dir_for,
-    write_status,
+    started_session, write_status,
 )
 
 __all__ = [
@@ -316,9 +316,7 @@ class _Run:
 
     def _started_path(self) -> str | None:
         """The training path the session that started this record wrote (None for a new record)."""
-        sessions = read_json_or_empty(self.rdir / "env.json").get("sessions") or []
-        first = sessions[0] if sessions and isinstance(sessions[0], dict) else {}
-        return first.get("path")
+        return started_session(read_json_or_empty(self.rdir / "env.json")).get("path")
 
     def _resume(self) -> int:
         """Load ``latest.pt`` when there is one; returns the last completed epoch (0: a fresh start)."""
