@@ -172,6 +172,12 @@ RESIDENT_SHARE = 0.25
 PREFETCH_MIN_THREADS = 2
 
 
+def prefetches(fast: bool, device: torch.device) -> bool:
+    """Whether a run's epoch prepares the next batch in a background thread (:mod:`engine.data.prefetch`): the
+    CPU fast path with at least :data:`PREFETCH_MIN_THREADS` torch threads (the same batches either way)."""
+    return fast and device.type == "cpu" and torch.get_num_threads() >= PREFETCH_MIN_THREADS
+
+
 def resident_policy(device: torch.device, nbytes: int) -> bool:
     """Whether the training split is copied to ``device`` once and batched there: on CUDA, when its uint8
     images and masks take at most :data:`RESIDENT_SHARE` of the free memory (ISIC 2018 at 224 px: 0.36 GB).
@@ -295,9 +301,7 @@ class _Run:
                                 started_path=self._started_path())
         self.train_model, self.eval_model = fast_views(cfg.model, self.model, self.use_fast,
                                                        compiled=self.view == "compiled")
-        # CPU fast path with cores to spare for it (docs/performance.md); the same batches either way
-        self.prefetch = (self.use_fast and self.device.type == "cpu"
-                         and torch.get_num_threads() >= PREFETCH_MIN_THREADS)
+        self.prefetch = prefetches(self.use_fast, self.device)
         self.optimizer = make_adamw(self.model.parameters(), self.use_fast, lr=r.lr, betas=r.betas, eps=r.eps,
                                     weight_decay=r.weight_decay, amsgrad=False)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=r.t_max, eta_min=r.eta_min)

@@ -369,9 +369,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     suites = None
     if args.suite is not None:
         suites = [x.strip() for x in args.suite.split(",") if x.strip()]
-        missing = [x for x in suites if not (results / x / "results.csv").is_file()] if suites else [""]
-        if missing:
-            print(_cli.error_line(PROG, f"--suite {args.suite}: no table {results / missing[0] / 'results.csv'}; "
+        missing = [x for x in suites if not (results / x / "results.csv").is_file()]
+        if not suites or missing:
+            where = results / missing[0] / "results.csv" if missing else results / "<suite>" / "results.csv"
+            print(_cli.error_line(PROG, f"--suite {args.suite}: no table {where}; "
                                         "name suites that have a results.csv there"), file=sys.stderr)
             return _cli.USAGE_ERROR
     if args.stamp_checkpoints:

@@ -420,19 +420,19 @@ def load_epoch_data(quick: bool, n_quick: int) -> tuple[Any, str]:
 
 def bench_epoch(cands: dict[str, Candidate], device: torch.device, data: Any, batch: int, rounds: int,
                 loss_fn: Callable) -> dict[str, list[float]]:
-    """One full training epoch per unit, as engine.train does it: normalise + augment + step; on the CPU the
-    fast candidates prepare the next batch while one trains when there are threads to spare for it, as the
-    trainer's fast path does (engine.train.PREFETCH_MIN_THREADS), the reference in the plain loop."""
-    from engine.data import augment_batch, normalise
+    """One full training epoch per unit, as engine.train does it: the batch gathered and normalised
+    (``TrainBatches``) and augmented, then the step; the fast candidates prepare the next batch while one trains
+    where the trainer's fast path does (``engine.train.prefetches``), the reference in the plain loop."""
+    from engine.data import augment_batch
     from engine.data.prefetch import prefetched
-    from engine.train import PREFETCH_MIN_THREADS
+    from engine.train import TrainBatches, prefetches
 
     n = len(data.ids)
+    batches = TrainBatches(data.images, data.masks, n, device)
 
     def unit(c: Candidate) -> Callable[[], int]:
         w = tuple(c.train.loss_weights)
-        ahead = (c.name != "reference" and device.type == "cpu"
-                 and torch.get_num_threads() >= PREFETCH_MIN_THREADS)
+        ahead = prefetches(c.name != "reference", device)
 
         def f() -> int:
             gen = torch.Generator().manual_seed(7)  # same order and augmentation for every candidate
@@ -440,10 +440,7 @@ def bench_epoch(cands: dict[str, Candidate], device: torch.device, data: Any, ba
             perm = torch.randperm(n, generator=gen).numpy()
 
             def prepare(k: int) -> tuple[Tensor, Tensor]:
-                idx = perm[k * batch:(k + 1) * batch]
-                x = normalise(data.images[idx], device=device)
-                y = torch.from_numpy(data.masks[idx]).to(device).unsqueeze(1).float()
-                return augment_batch(x, y, aug)
+                return augment_batch(*batches.get(perm[k * batch:(k + 1) * batch]), aug)
 
             for x, y in prefetched(prepare, (n + batch - 1) // batch, ahead=ahead):
                 _train_step(c, device, x, y, w, loss_fn)
