@@ -39,7 +39,9 @@ their names: ``state_dict`` keys are the plain model's) and returns the same
    k*k multiply-adds: faster than oneDNN on 5-24 channels, most at large dilation), bilinear
    up-sampling with a gather backward (faster than ATen's scatter), the depth-wise weight gradient.
    They release the GIL (the worker threads overlap) and sum parameter gradients over fixed row
-   blocks in double, so results do not depend on the thread count.
+   blocks in double, so results do not depend on the thread count. Built with ``-fno-math-errno`` (the
+   per-pixel ``1/sqrt`` loops vectorise; bit-identical results); GAB's inference tail computes its 1x1
+   conv four output channels at a time in registers (same summation order, bit-identical).
 9. **Optimizer and loss**: :func:`engine.optim.adamw` is ATen's fused AdamW on the CPU (one call per step);
    ``engine.losses.bce_dice(..., fused=True)`` (``engine.train`` passes it on the fast path only) runs
    as one node with two kernel passes.
@@ -62,7 +64,8 @@ compilation, a small gain on inference, a slower training step); native channels
 (inaccurate, slow backward); ``F.layer_norm`` for rows of < 16 values; splitting the training batch into
 micro-batches; ``var_mean`` (Welford) reductions; glibc malloc tunables or ``mallopt`` (far fewer page
 faults, no measurable change in the step); LayerNorm statistics as GEMMs with a block-averaging matrix;
-NCHW for the plain 3x3 convs; the 3x3 input gradient as a forward conv on transposed weights; the small
+NCHW for the plain 3x3 convs; AVX2 gathers for the pixel/channel tile transposes (about 2x slower than the
+compiler's scalar moves on Zen 3); the 3x3 input gradient as a forward conv on transposed weights; the small
 LayerNorm's channel means as GEMVs over the NHWC rows (faster alone, no gain on the step). The kernels
 are built without ``-fopenmp`` (it would link a second OpenMP runtime beside torch's) and run
 single-threaded inside the worker threads.

@@ -487,6 +487,29 @@ def test_fused_layer_norm_every_width_float64(c):
         assert torch.allclose(a, e, atol=1e-11), float((a - e).abs().max())
 
 
+@pytest.mark.parametrize("pout", [1, 3, 4, 7, 8, 13])  # four output rows at a time, then the rest one by one
+def test_fused_tail_layer_norm_and_projection_float64(pout):
+    """GAB's inference tail (LayerNorm over the virtual concatenation of the group outputs, then the 1x1
+    conv, in one pass) against F.layer_norm over the real concatenation and F.conv2d."""
+    ext = _fastops.ops()
+    if ext is None:
+        pytest.skip("the fused kernels are not built here")
+    g = torch.Generator().manual_seed(60 + pout)
+    outs = [(torch.randn(2, 5, 6, 11, generator=g, dtype=torch.float64) * 3 + 1).contiguous(memory_format=CL)
+            for _ in range(4)]
+    w, b = torch.randn(20, generator=g, dtype=torch.float64), torch.randn(20, generator=g, dtype=torch.float64)
+    pw = torch.randn(pout, 20, 1, 1, generator=g, dtype=torch.float64)
+    pb = torch.randn(pout, generator=g, dtype=torch.float64)
+    seg = [v for k in range(4) for v in (k, 0, 5)]
+    cat = torch.cat(outs, 1)
+    ref = F.conv2d(F.layer_norm(cat.permute(0, 2, 3, 1), (20,), w, b, 1e-6).permute(0, 3, 1, 2), pw, pb)
+    got = ext.ln_multi_proj(outs, seg, w, b, 1e-6, pw, pb)
+    assert got.shape == ref.shape and got.is_contiguous(memory_format=CL)
+    assert torch.allclose(got, ref, atol=1e-12), float((got - ref).abs().max())
+    assert torch.allclose(ext.ln_multi_proj(outs, seg, w, b, 1e-6, pw, None), ref - pb[None, :, None, None],
+                          atol=1e-12)
+
+
 def test_fused_kernels_reject_bad_layouts_with_a_message():
     ext = _fastops.ops()
     if ext is None:

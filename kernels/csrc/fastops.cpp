@@ -263,6 +263,60 @@ inline void tile_out(const T* __restrict xt, int64_t Crt, int64_t n, T* __restri
     for (int64_t c = 0; c < C; ++c) dst[i * C + c] = xt[c * kTile + i];
 }
 
+// q (pout x kTile) = pw (pout x gs) . o (gs x kTile) + pb: four output rows at a time held in registers (a
+// row-at-a-time loop stores and reloads its accumulator once per input channel); each output still sums
+// bias, then channel 0, 1, ... in order, so the result does not change
+template <typename T>
+inline void proj_tile(const T* __restrict o, int64_t gs, const T* __restrict pw, const T* __restrict pb, int64_t pout,
+                      T* __restrict q) {
+  int64_t oc = 0;
+  for (; oc + 4 <= pout; oc += 4) {
+    alignas(64) T a0[kTile], a1[kTile], a2[kTile], a3[kTile];
+    const T b0 = pb != nullptr ? pb[oc] : T(0), b1 = pb != nullptr ? pb[oc + 1] : T(0),
+            b2 = pb != nullptr ? pb[oc + 2] : T(0), b3 = pb != nullptr ? pb[oc + 3] : T(0);
+#pragma omp simd
+    for (int64_t i = 0; i < kTile; ++i) {
+      a0[i] = b0;
+      a1[i] = b1;
+      a2[i] = b2;
+      a3[i] = b3;
+    }
+    const T* __restrict w0 = pw + oc * gs;
+    for (int64_t c = 0; c < gs; ++c) {
+      const T* __restrict orow = o + c * kTile;
+      const T v0 = w0[c], v1 = w0[gs + c], v2 = w0[2 * gs + c], v3 = w0[3 * gs + c];
+#pragma omp simd
+      for (int64_t i = 0; i < kTile; ++i) {
+        a0[i] += v0 * orow[i];
+        a1[i] += v1 * orow[i];
+        a2[i] += v2 * orow[i];
+        a3[i] += v3 * orow[i];
+      }
+    }
+#pragma omp simd
+    for (int64_t i = 0; i < kTile; ++i) {
+      q[oc * kTile + i] = a0[i];
+      q[(oc + 1) * kTile + i] = a1[i];
+      q[(oc + 2) * kTile + i] = a2[i];
+      q[(oc + 3) * kTile + i] = a3[i];
+    }
+  }
+  for (; oc < pout; ++oc) {
+    alignas(64) T a[kTile];
+    const T bias = pb != nullptr ? pb[oc] : T(0);
+#pragma omp simd
+    for (int64_t i = 0; i < kTile; ++i) a[i] = bias;
+    for (int64_t c = 0; c < gs; ++c) {
+      const T wv = pw[oc * gs + c];
+      const T* __restrict orow = o + c * kTile;
+#pragma omp simd
+      for (int64_t i = 0; i < kTile; ++i) a[i] += wv * orow[i];
+    }
+#pragma omp simd
+    for (int64_t i = 0; i < kTile; ++i) q[oc * kTile + i] = a[i];
+  }
+}
+
 template <typename T>
 void ln_multi_impl(const std::vector<const T*>& src, const std::vector<int64_t>& src_c,
                    const std::vector<int64_t>& seg, const std::vector<int64_t>& sizes, const T* w, const T* b,
@@ -321,18 +375,7 @@ void ln_multi_impl(const std::vector<const T*>& src, const std::vector<int64_t>&
         }
         if (pw != nullptr) {  // a 1x1 conv (pout x gs weights) on the normalised tile, written instead of it
           T* __restrict q = pt.data();
-          for (int64_t oc = 0; oc < pout; ++oc) {
-            T* __restrict qr = q + oc * kTile;
-            const T bias = pb != nullptr ? pb[oc] : T(0);
-#pragma omp simd
-            for (int64_t i = 0; i < kTile; ++i) qr[i] = bias;
-            for (int64_t c = 0; c < gs; ++c) {
-              const T wv = pw[oc * gs + c];
-              const T* __restrict orow = o + c * kTile;
-#pragma omp simd
-              for (int64_t i = 0; i < kTile; ++i) qr[i] += wv * orow[i];
-            }
-          }
+          proj_tile<T>(o, gs, pw, pb, pout, q);
           dispatch_c(pout, [&](auto cc) { tile_out<T, decltype(cc)::value>(q, pout, n, out[gi] + p0 * pout); });
         } else {
           dispatch_c(gs, [&](auto cc) { tile_out<T, decltype(cc)::value>(o, gs, n, out[gi] + p0 * gs); });
