@@ -65,7 +65,8 @@ compilation, a small gain on inference, a slower training step); native channels
 micro-batches; ``var_mean`` (Welford) reductions; glibc malloc tunables or ``mallopt`` (far fewer page
 faults, no measurable change in the step); LayerNorm statistics as GEMMs with a block-averaging matrix;
 NCHW for the plain 3x3 convs; AVX2 gathers for the pixel/channel tile transposes (about 2x slower than the
-compiler's scalar moves on Zen 3); the 3x3 input gradient as a forward conv on transposed weights; the small
+compiler's scalar moves on Zen 3); in-register 8x8 AVX2 transposes for them (the plain channel LayerNorm's
+kernels 1.6-2.1x faster alone, but they run on small maps only, and GAB's multi-source forward got 0.8-0.9x); the 3x3 input gradient as a forward conv on transposed weights; the small
 LayerNorm's channel means as GEMVs over the NHWC rows (faster alone, no gain on the step). The kernels
 are built without ``-fopenmp`` (it would link a second OpenMP runtime beside torch's) and run
 single-threaded inside the worker threads.
